@@ -1,0 +1,118 @@
+"""Per-token log-probs of chosen tokens without a [batch x length x vocab] tensor.
+
+The model's trunk runs once; the output head and log-softmax run only on the positions that
+predict generated tokens, a chunk of positions at a time. Peak memory then grows with
+chunk x vocab instead of batch x length x vocab. With gradients on, each chunk is
+recomputed in the backward pass (activation checkpointing) so the chunks' softmax outputs
+are not all kept alive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class TokenLogprobs:
+    logprobs: torch.Tensor  # [B, T], log p(token_t | <t) at generated positions, 0 elsewhere
+    entropy: torch.Tensor | None = None  # [B, T], detached
+    topk_ids: torch.Tensor | None = None  # [B, T, k] the model's own top-k (teacher side)
+    topk_logprobs: torch.Tensor | None = None  # [B, T, k]
+    target_logprobs: torch.Tensor | None = None  # [B, T, k] log-probs of given target ids
+
+
+def _head_and_trunk(model):
+    """(trunk, head) when the model has the standard decoder + output-embedding layout."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    trunk = model.get_decoder() if hasattr(model, "get_decoder") else None
+    cfg = getattr(model, "config", None)
+    # Models that post-process logits (soft-capping, scaling) take the plain path.
+    special = any(getattr(cfg, k, None) for k in ("final_logit_softcapping", "logit_scale"))
+    if head is None or trunk is None or trunk is model or special:
+        return None, None
+    return trunk, head
+
+
+def _chunk_stats(head, hidden, tokens, targets, temperature, topk, want_entropy):
+    logits = head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = F.log_softmax(logits, dim=-1)
+    out = [logp.gather(-1, tokens[:, None]).squeeze(-1)]
+    if targets is not None:
+        out.append(logp.gather(-1, targets))
+    return out, logp
+
+
+def token_logprobs(
+    model,
+    batch_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    topk: int = 0,
+    targets: torch.Tensor | None = None,
+    with_entropy: bool = False,
+    chunk_size: int = 1024,
+) -> TokenLogprobs:
+    """Log-probs of `batch_ids` at `positions` (bool [B, T], entry 0 must be False).
+
+    `targets` ([B, T, k] ids) asks for the log-probs of those ids too (student side of the
+    top-k loss); `topk` asks for the model's own top-k ids and log-probs (teacher side).
+    """
+    B, T = batch_ids.shape
+    dev = batch_ids.device
+    pred = positions[:, 1:]  # hidden state t-1 predicts token t
+    tokens = batch_ids[:, 1:][pred]
+    tgt = targets[:, 1:][pred] if targets is not None else None
+    trunk, head = _head_and_trunk(model)
+    if trunk is not None:
+        hidden = trunk(input_ids=batch_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden[:, :-1][pred]
+    else:  # generic fallback: full logits (memory B x T x V)
+        logits = model(input_ids=batch_ids, attention_mask=attention_mask).logits
+        hidden, head = logits[:, :-1][pred], torch.nn.Identity()
+
+    lps, tgts, ents, tk_ids, tk_lps = [], [], [], [], []
+    for s in range(0, tokens.shape[0], chunk_size):
+        h, tok = hidden[s:s + chunk_size], tokens[s:s + chunk_size]
+        tg = tgt[s:s + chunk_size] if tgt is not None else None
+        if torch.is_grad_enabled() and h.requires_grad:
+            # Recompute this chunk's logits in backward instead of storing them.
+            fn = lambda h_, tok_, tg_: _chunk_stats(head, h_, tok_, tg_, temperature, 0, False)[0]  # noqa: E731
+            outs = checkpoint(fn, h, tok, tg, use_reentrant=False)
+            with torch.no_grad():
+                logp = None
+                if with_entropy or topk:
+                    _, logp = _chunk_stats(head, h.detach(), tok, None, temperature, 0, False)
+        else:
+            outs, logp = _chunk_stats(head, h, tok, tg, temperature, topk, with_entropy)
+        lps.append(outs[0])
+        if tg is not None:
+            tgts.append(outs[1])
+        if logp is not None and with_entropy:
+            ents.append(-(logp.exp() * logp).sum(-1).detach())
+        if logp is not None and topk:
+            v, i = logp.topk(topk, dim=-1)
+            tk_lps.append(v.detach())
+            tk_ids.append(i)
+
+    def scatter(parts, trailing=(), dtype=torch.float32):
+        full = torch.zeros((B, T, *trailing), dtype=parts[0].dtype if parts else dtype, device=dev)
+        if parts:
+            full[:, 1:][pred] = torch.cat(parts)
+        return full
+
+    k = targets.shape[-1] if targets is not None else 0
+    return TokenLogprobs(
+        logprobs=scatter(lps),
+        entropy=scatter(ents) if with_entropy else None,
+        topk_ids=scatter(tk_ids, (topk,), torch.long) if topk else None,
+        topk_logprobs=scatter(tk_lps, (topk,)) if topk else None,
+        target_logprobs=scatter(tgts, (k,)) if targets is not None else None,
+    )

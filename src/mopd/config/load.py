@@ -1,0 +1,108 @@
+"""Read a YAML config, apply `--set key.path=value` overrides, validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key."""
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value parsed as YAML, so 1e-5 / true / [1,2] work)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {item!r} has an empty key")
+    return keys, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            if isinstance(node, list):
+                node = node[_list_index(node, k, item)]
+            else:
+                node = node.setdefault(k, {})
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"override {item!r}: {k!r} is not a section")
+        last = keys[-1]
+        if isinstance(node, list):
+            node[_list_index(node, last, item)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _list_index(node: list, key: str, item: str) -> int:
+    # Lists are addressed by index (domains.0.weight) or by an element's name (domains.math.weight).
+    if key.isdigit() and int(key) < len(node):
+        return int(key)
+    for i, el in enumerate(node):
+        if isinstance(el, dict) and el.get("name") == key:
+            return i
+    raise ConfigError(f"override {item!r}: no list element {key!r}")
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the documented keys)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None, model: type[M], overrides: list[str] | None = None,
+                data: dict | None = None) -> M:
+    """Validate `path` (or `data`) with overrides applied against `model`."""
+    source = str(path) if path is not None else "(in memory)"
+    raw = read_yaml(path) if path is not None else dict(data or {})
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        cfg = model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+    # Relative paths inside a config are relative to the config file.
+    if path is not None:
+        _resolve_paths(cfg, Path(path).resolve().parent)
+    return cfg
+
+
+def _resolve_paths(node: Any, base: Path) -> None:
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            value = getattr(node, name)
+            if name in ("path", "gguf_file") and isinstance(value, str) and value.startswith("."):
+                object.__setattr__(node, name, str((base / value).resolve()))
+            else:
+                _resolve_paths(value, base)
+    elif isinstance(node, list):
+        for el in node:
+            _resolve_paths(el, base)

@@ -1,0 +1,189 @@
+"""The run configuration: one YAML file, validated before anything heavy starts.
+
+Every section is a strict pydantic model (unknown keys are errors), so a typo in a
+config fails at `mopd check` time with the key's path, not an hour into a run.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModel(Strict):
+    """Build a randomly initialised tiny Llama with the character tokenizer (tests, demo)."""
+
+    hidden_size: int = Field(64, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    seed: int = 0
+
+
+class ModelSpec(Strict):
+    """Where a model comes from: a HF directory or hub id, a GGUF file, or a tiny build."""
+
+    path: str | None = None
+    gguf_file: str | None = None
+    tiny: TinyModel | None = None
+    dtype: DType = "float32"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        if self.tiny is not None and (self.path or self.gguf_file):
+            raise ValueError("give either 'tiny' or 'path'/'gguf_file', not both")
+        if self.tiny is None and not self.path and not self.gguf_file:
+            raise ValueError("a model needs 'path' (HF directory or hub id), 'gguf_file' or 'tiny'")
+        return self
+
+
+class TeacherConfig(Strict):
+    name: str
+    # hf: an in-process transformers model; self: the student's frozen initial weights.
+    kind: Literal["hf", "self"] = "hf"
+    model: ModelSpec | None = None
+
+    @model_validator(mode="after")
+    def _model_for_hf(self) -> "TeacherConfig":
+        if self.kind == "hf" and self.model is None:
+            raise ValueError(f"teacher {self.name!r} of kind 'hf' needs 'model'")
+        if self.kind == "self" and self.model is not None:
+            raise ValueError(f"teacher {self.name!r} of kind 'self' takes no 'model'")
+        return self
+
+
+class PromptSource(Strict):
+    """Where a domain's prompts come from."""
+
+    # A JSONL / parquet file, or a `datasets` dataset name or directory.
+    path: str | None = None
+    split: str = "train"
+    # A built-in or user-defined domain generator (see mopd.domains.registry).
+    builtin: str | None = None
+    params: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PromptSource":
+        if (self.path is None) == (self.builtin is None):
+            raise ValueError("a prompt source needs exactly one of 'path' or 'builtin'")
+        return self
+
+
+class DomainConfig(Strict):
+    name: str
+    prompts: PromptSource
+    weight: float = 1.0
+    teacher: str | None = None
+    # Optional: a built-in domain name whose verifier rewards this domain's completions.
+    verifier: str | None = None
+
+    @field_validator("weight")
+    @classmethod
+    def _non_negative(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"mixture weight must be >= 0, got {v}")
+        return v
+
+
+class ISCorrection(Strict):
+    """IcePop-style mask: tokens whose train/inference ratio leaves [eps_low, eps_high] get weight 0."""
+
+    eps_low: float = Field(0.5, gt=0)
+    eps_high: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ISCorrection":
+        if self.eps_low > 1.0 or self.eps_high < 1.0:
+            raise ValueError("need eps_low <= 1 <= eps_high")
+        return self
+
+
+class AlgorithmConfig(Strict):
+    a_max: float = Field(5.0, gt=0)
+    alpha: float = Field(0.0, ge=0)
+    is_correction: ISCorrection | None = Field(default_factory=ISCorrection)
+    loss: Literal["sampled", "topk"] = "sampled"
+    topk: int = Field(64, gt=0)
+    normalization: Literal["sequence", "token"] = "sequence"
+
+
+class SamplingConfig(Strict):
+    prompts_per_step: int = Field(16, gt=0)
+    rollouts_per_prompt: int = Field(1, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(32, gt=0)
+    max_prompt_tokens: int = Field(256, gt=0)
+
+
+class OptimConfig(Strict):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = 1.0
+    grad_accum_steps: int = Field(1, gt=0)
+    steps: int = Field(100, gt=0)
+
+
+class CheckpointConfig(Strict):
+    every: int = Field(0, ge=0)  # 0: only at the end
+    keep: int = Field(2, gt=0)
+
+
+class LoggingConfig(Strict):
+    every: int = Field(1, gt=0)
+    jsonl: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "mopd"
+    progress: bool = True
+
+
+class RunConfig(Strict):
+    """A `mopd distill` run."""
+
+    output_dir: str = "runs/mopd"
+    seed: int = 0
+    student: ModelSpec
+    teachers: list[TeacherConfig]
+    domains: list[DomainConfig] = Field(min_length=1)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _routing(self) -> "RunConfig":
+        names = [t.name for t in self.teachers]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"teacher names must be unique, repeated: {sorted(dupes)}")
+        domain_names = [d.name for d in self.domains]
+        dupes = {n for n in domain_names if domain_names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"domain names must be unique, repeated: {sorted(dupes)}")
+        for d in self.domains:
+            if d.teacher is None:
+                raise ValueError(
+                    f"domain {d.name!r} has no teacher: set domains[].teacher to one of {names}"
+                )
+            if d.teacher not in names:
+                raise ValueError(
+                    f"domain {d.name!r} routes to unknown teacher {d.teacher!r}; teachers are {names}"
+                )
+        used = {d.teacher for d in self.domains}
+        unused = [n for n in names if n not in used]
+        if unused:
+            raise ValueError(f"teachers {unused} are used by no domain: remove them or route a domain to them")
+        if sum(d.weight for d in self.domains) <= 0:
+            raise ValueError("domain mixture weights sum to zero: give at least one domain a weight > 0")
+        return self

@@ -1,0 +1,143 @@
+"""Three tiny verifiable domains for char-level models: addition, reversal, sorting.
+
+They stand in for the paper's Math / IF / SWE domains on a laptop CPU: each has an exact
+answer, so the verifier is a string comparison, and a model of a few hundred thousand
+parameters learns each of them in minutes. Prompts end in `=`, the answer follows directly.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Callable
+
+from mopd.domains.base import Example
+
+
+def draw_unique_pairs(
+    draw: Callable[[random.Random], tuple[str, str]], seed: int, n: int, what: str
+) -> list[tuple[str, str]]:
+    """`n` (prompt, answer) pairs with distinct prompts, fixed for a given seed.
+
+    Callers take the first slice as eval and the rest as train: deduping across both is what
+    keeps the splits disjoint (no eval prompt is ever trained on).
+    """
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    pairs: list[tuple[str, str]] = []
+    # A generous cap on attempts turns "the space is too small" into an error, not a hang.
+    for _ in range(max(1000, 50 * n)):
+        if len(pairs) == n:
+            break
+        prompt, answer = draw(rng)
+        if prompt not in seen:
+            seen.add(prompt)
+            pairs.append((prompt, answer))
+    if len(pairs) < n:
+        raise ValueError(
+            f"{what}: could only find {len(pairs)} distinct prompts, {n} requested "
+            "(n_train + n_eval); lower them or widen the size parameters"
+        )
+    return pairs
+
+
+class ToyDomain:
+    """Shared split logic and exact-match verifier; subclasses only say how to draw one item."""
+
+    name: str
+
+    def __init__(self, name: str, seed: int, n_train: int, n_eval: int) -> None:
+        if n_train < 0 or n_eval < 0:
+            raise ValueError(f"domain {name!r}: n_train and n_eval must be >= 0")
+        self.name = name
+        self.seed = seed
+        self.n_train = n_train
+        self.n_eval = n_eval
+        pairs = draw_unique_pairs(self._draw, seed, n_eval + n_train, f"domain {name!r}")
+        # Eval first: the eval split of a seed does not move when n_train changes.
+        self._eval = [Example(domain=name, prompt=p, answer=a) for p, a in pairs[:n_eval]]
+        self._train = [Example(domain=name, prompt=p, answer=a) for p, a in pairs[n_eval:]]
+
+    def _draw(self, rng: random.Random) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def train_examples(self) -> list[Example]:
+        return list(self._train)
+
+    def eval_examples(self) -> list[Example]:
+        return list(self._eval)
+
+    def reward(self, completion: str, example: Example) -> float:
+        # Exact match after stripping whitespace; anything else (empty, garbage, wrong type)
+        # scores 0.0 rather than raising, since completions come from an untrained model.
+        if not isinstance(completion, str) or example.answer is None:
+            return 0.0
+        return 1.0 if completion.strip() == example.answer else 0.0
+
+
+class AdditionDomain(ToyDomain):
+    """`add:37+45=` -> `82`; operands have 1..max_digits digits."""
+
+    def __init__(
+        self,
+        name: str = "addition",
+        seed: int = 0,
+        n_train: int = 2000,
+        n_eval: int = 200,
+        max_digits: int = 2,
+    ) -> None:
+        if max_digits < 1:
+            raise ValueError(f"domain {name!r}: max_digits must be >= 1, got {max_digits}")
+        self.max_digits = max_digits
+        super().__init__(name, seed, n_train, n_eval)
+
+    def _draw(self, rng: random.Random) -> tuple[str, str]:
+        hi = 10**self.max_digits - 1
+        a, b = rng.randint(0, hi), rng.randint(0, hi)
+        return f"add:{a}+{b}=", str(a + b)
+
+
+class ReversalDomain(ToyDomain):
+    """`rev:hello=` -> `olleh`; lowercase words of min_len..max_len letters."""
+
+    def __init__(
+        self,
+        name: str = "reversal",
+        seed: int = 0,
+        n_train: int = 2000,
+        n_eval: int = 200,
+        min_len: int = 3,
+        max_len: int = 6,
+    ) -> None:
+        if not 1 <= min_len <= max_len:
+            raise ValueError(f"domain {name!r}: need 1 <= min_len <= max_len, got {min_len}, {max_len}")
+        self.min_len, self.max_len = min_len, max_len
+        super().__init__(name, seed, n_train, n_eval)
+
+    def _draw(self, rng: random.Random) -> tuple[str, str]:
+        n = rng.randint(self.min_len, self.max_len)
+        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
+        return f"rev:{word}=", word[::-1]
+
+
+class SortingDomain(ToyDomain):
+    """`sort:4132=` -> `1234`; strings of min_len..max_len digits (repeats allowed)."""
+
+    def __init__(
+        self,
+        name: str = "sorting",
+        seed: int = 0,
+        n_train: int = 2000,
+        n_eval: int = 200,
+        min_len: int = 3,
+        max_len: int = 6,
+    ) -> None:
+        if not 1 <= min_len <= max_len:
+            raise ValueError(f"domain {name!r}: need 1 <= min_len <= max_len, got {min_len}, {max_len}")
+        self.min_len, self.max_len = min_len, max_len
+        super().__init__(name, seed, n_train, n_eval)
+
+    def _draw(self, rng: random.Random) -> tuple[str, str]:
+        n = rng.randint(self.min_len, self.max_len)
+        digits = "".join(rng.choice(string.digits) for _ in range(n))
+        return f"sort:{digits}=", "".join(sorted(digits))

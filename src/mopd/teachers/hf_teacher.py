@@ -1,0 +1,41 @@
+"""An in-process transformers teacher: a frozen causal LM scoring the student's token ids."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from mopd.algorithms.logprobs import token_logprobs
+from mopd.rollout.types import TokenBatch
+from mopd.teachers.base import TeacherScores
+
+
+class HFTeacher:
+    def __init__(self, name: str, model, micro_batch_size: int = 32, chunk_size: int = 1024):
+        self.name = name
+        self.model = model.eval().requires_grad_(False)
+        self.micro_batch_size = micro_batch_size
+        self.chunk_size = chunk_size
+
+    @classmethod
+    def frozen_copy_of(cls, name: str, student, **kw) -> "HFTeacher":
+        """The 'self' teacher: the student's weights as they are now, frozen."""
+        return cls(name, copy.deepcopy(student), **kw)
+
+    @torch.inference_mode()
+    def score(self, batch: TokenBatch, topk: int = 0) -> TeacherScores:
+        device = next(self.model.parameters()).device
+        parts = []
+        for s in range(0, batch.size, self.micro_batch_size):
+            mb = batch.select(list(range(s, min(s + self.micro_batch_size, batch.size))))
+            parts.append(token_logprobs(
+                self.model, mb.input_ids.to(device), mb.attention_mask.to(device), mb.gen_mask.to(device),
+                topk=topk, chunk_size=self.chunk_size))
+        T = batch.input_ids.shape[1]
+        pad = lambda t: torch.nn.functional.pad(t.cpu(), (0, 0) * (t.dim() - 2) + (0, T - t.shape[1]))  # noqa: E731
+        return TeacherScores(
+            logprobs=torch.cat([pad(p.logprobs) for p in parts]),
+            topk_ids=torch.cat([pad(p.topk_ids) for p in parts]) if topk else None,
+            topk_logprobs=torch.cat([pad(p.topk_logprobs) for p in parts]) if topk else None,
+        )

@@ -1,0 +1,18 @@
+"""AdamW with an LR schedule (warmup, then constant / linear / cosine decay)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import get_scheduler
+
+from mopd.config.schema import OptimConfig
+
+
+def build_optimizer(model, cfg: OptimConfig):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[cfg.schedule]
+    sched = get_scheduler(name, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+    return opt, sched
