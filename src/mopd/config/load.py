@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +25,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"override {item!r} has an empty key")
-    return keys, yaml.safe_load(raw) if raw.strip() else ""
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    # YAML 1.1 reads 1e-5 (no dot) as a string; take it as the float it is meant to be.
+    if isinstance(value, str) and _SCI_FLOAT.fullmatch(value.strip()):
+        value = float(value)
+    return keys, value
+
+
+_SCI_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -35,8 +44,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 node = node[_list_index(node, k, item)]
             else:
                 node = node.setdefault(k, {})
-                if not isinstance(node, (dict, list)):
-                    raise ConfigError(f"override {item!r}: {k!r} is not a section")
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
         last = keys[-1]
         if isinstance(node, list):
             node[_list_index(node, last, item)] = value
@@ -83,7 +92,7 @@ def load_config(path: str | Path | None, model: type[M], overrides: list[str] | 
                 data: dict | None = None) -> M:
     """Validate `path` (or `data`) with overrides applied against `model`."""
     source = str(path) if path is not None else "(in memory)"
-    raw = read_yaml(path) if path is not None else dict(data or {})
+    raw = read_yaml(path) if path is not None else copy.deepcopy(dict(data or {}))
     raw = apply_overrides(raw, overrides or [])
     try:
         cfg = model.model_validate(raw)
@@ -99,10 +108,15 @@ def _resolve_paths(node: Any, base: Path) -> None:
     if isinstance(node, BaseModel):
         for name in type(node).model_fields:
             value = getattr(node, name)
-            if name in ("path", "gguf_file") and isinstance(value, str) and value.startswith("."):
+            if name in ("path", "gguf_file") and isinstance(value, str) and _is_relative_local(value, base):
                 object.__setattr__(node, name, str((base / value).resolve()))
             else:
                 _resolve_paths(value, base)
     elif isinstance(node, list):
         for el in node:
             _resolve_paths(el, base)
+
+
+def _is_relative_local(value: str, base: Path) -> bool:
+    # `./x`, `../x`, or a relative path that exists next to the config; a hub id is left alone.
+    return not Path(value).is_absolute() and (value.startswith(".") or (base / value).exists())

@@ -32,8 +32,9 @@ class TeacherRouter:
         """teacher name -> row indices of the batch that it scores."""
         by_teacher: dict[str, list[int]] = {}
         for row, d in enumerate(batch.domain_ids.tolist()):
-            teacher = self.teacher_for(batch.domains[d])
-            by_teacher.setdefault(teacher.name, []).append(row)
+            self.teacher_for(batch.domains[d])  # TeacherError for an unrouted domain
+            # Group by the routing key, not `teacher.name`: two teachers may share a name.
+            by_teacher.setdefault(self.domain_to_teacher[batch.domains[d]], []).append(row)
         return {name: torch.tensor(rows) for name, rows in by_teacher.items()}
 
     def score(self, batch: TokenBatch, topk: int = 0) -> TeacherScores:

@@ -105,8 +105,8 @@ def train_one_step(run: OnPolicyRun) -> dict[str, float]:
     return m
 
 
-def run_onpolicy(run: OnPolicyRun, resume: bool = False) -> dict[str, float]:
-    """Train until `run.optim.steps`; returns the last step's metrics."""
+def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = None) -> dict[str, float]:
+    """Train until `run.optim.steps` (or `stop_at`, for staged runs); returns the last step's metrics."""
     run.output_dir.mkdir(parents=True, exist_ok=True)
     if resume and (path := ckpt.latest_checkpoint(run.output_dir / "checkpoints")) is not None:
         resume_from(run, path)
@@ -115,7 +115,8 @@ def run_onpolicy(run: OnPolicyRun, resume: bool = False) -> dict[str, float]:
     bad_in_a_row = 0
     try:
         with StepProgress(run.name, run.optim.steps, run.step, enabled=run.logging.progress) as bar:
-            while run.step < run.optim.steps:
+            end = min(run.optim.steps, stop_at or run.optim.steps)
+            while run.step < end:
                 try:
                     last = train_one_step(run)
                     bad_in_a_row = 0
