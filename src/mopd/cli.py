@@ -97,6 +97,111 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
     console.print("[green]check passed[/green]")
 
 
+def _pipeline(config: Optional[Path], preset: Optional[str], overrides: list[str] | None):
+    from mopd.pipeline.config import PRESETS, PipelineConfig
+
+    if (config is None) == (preset is None):
+        console.print("[red]error:[/red] give a pipeline CONFIG file or --preset " + "/".join(PRESETS))
+        raise typer.Exit(2)
+    if preset is not None and preset not in PRESETS:
+        console.print(f"[red]error:[/red] unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        raise typer.Exit(2)
+    data = PRESETS[preset]().model_dump() if preset else None
+    try:
+        return load_config(config, PipelineConfig, overrides or [], data=data)
+    except ConfigError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+PipelineArg = Annotated[Optional[Path], typer.Argument(help="Pipeline YAML (see examples/); or use --preset.")]
+PresetOpt = Annotated[Optional[str], typer.Option(help="Built-in pipeline: tiny (the demo) or micro (smoke test).")]
+OutOpt = Annotated[Optional[str], typer.Option(help="Override output_dir.")]
+
+
+@app.command()
+def reproduce(config: PipelineArg = None, preset: PresetOpt = None, set_: SetOpt = None,
+              output_dir: OutOpt = None) -> None:
+    """Run the whole experiment: SFT init -> domain teachers (GRPO) -> MOPD -> baselines (Mix-RL,
+    Cascade RL, off-policy FT, parameter merges) -> the paper's table. Finished stages are cached:
+    rerunning resumes after the last one."""
+    from mopd.pipeline.reproduce import reproduce as run
+
+    cfg = _pipeline(config, preset, set_)
+    text = run(cfg, output_dir)
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(text))
+    console.print(f"report: {Path(output_dir or cfg.output_dir) / 'report.md'} (+ report.json, report.png)")
+
+
+@app.command()
+def sft(config: PipelineArg = None, preset: PresetOpt = None, set_: SetOpt = None, output_dir: OutOpt = None) -> None:
+    """Stage 1 only: supervised fine-tuning of the base model on every domain's (prompt, answer) pairs."""
+    from mopd.pipeline import methods as M
+    from mopd.pipeline.stages import Domains, cached
+
+    cfg = _pipeline(config, preset, set_)
+    out = Path(output_dir or cfg.output_dir)
+    res = cached(out / "sft", lambda: M.sft_init(cfg, Domains.build(cfg), out / "sft"))
+    console.print(f"SFT init: {res.model_dir}  scores {res.scores}")
+
+
+@app.command("train-teacher")
+def train_teacher(domain: Annotated[str, typer.Argument(help="Domain to train the teacher on.")],
+                  config: PipelineArg = None, preset: PresetOpt = None, set_: SetOpt = None,
+                  init: Annotated[Optional[str], typer.Option(help="Start model dir (default: the SFT init).")] = None,
+                  output_dir: OutOpt = None) -> None:
+    """Stage 2 for one domain: GRPO with its verifier (group-normalised rewards, dynamic sampling)."""
+    from mopd.pipeline import methods as M
+    from mopd.pipeline.stages import Domains, cached
+
+    cfg = _pipeline(config, preset, set_)
+    doms = Domains.build(cfg)
+    if domain not in doms.train:
+        console.print(f"[red]error:[/red] unknown domain {domain!r}; domains: {list(doms.train)}")
+        raise typer.Exit(2)
+    out = Path(output_dir or cfg.output_dir)
+    start = init or cached(out / "sft", lambda: M.sft_init(cfg, doms, out / "sft")).model_dir
+    res = cached(out / f"teacher_{domain}", lambda: M.domain_teacher(cfg, doms, domain, start, out / f"teacher_{domain}"))
+    console.print(f"teacher {domain}: {res.model_dir}  scores {res.scores}")
+
+
+@app.command("eval")
+def eval_(model: Annotated[Path, typer.Argument(help="A Hugging Face model directory.")],
+          config: PipelineArg = None, preset: PresetOpt = None, set_: SetOpt = None) -> None:
+    """Score MODEL on every domain's held-out split: greedy accuracy and pass@1 at temperature 1."""
+    from mopd.pipeline.stages import Domains, evaluate, load
+
+    cfg = _pipeline(config, preset, set_)
+    m, tok = load(model)
+    scores = evaluate(m, tok, cfg, Domains.build(cfg))
+    table = Table(title=f"held-out scores of {model}")
+    for col in ("domain", "greedy", f"pass@1 ({cfg.eval.samples} samples, T=1)"):
+        table.add_column(col)
+    for d, s in scores.items():
+        table.add_row(d, f"{s['greedy']:.3f}", f"{s['pass_at_1']:.3f}")
+    Console().print(table)
+
+
+@app.command()
+def report(output_dir: Annotated[Path, typer.Argument(help="Directory of a `mopd reproduce` run.")]) -> None:
+    """Rebuild report.md / report.json / report.png from the cached stage results of a run."""
+    import json
+
+    from mopd.eval.report import write_report
+
+    path = output_dir / "report.json"
+    if not path.is_file():
+        console.print(f"[red]error:[/red] {path} not found: run `mopd reproduce` first")
+        raise typer.Exit(1)
+    data = json.loads(path.read_text())
+    text = write_report(output_dir, {k: data[k] for k in ("sft", "teachers", "methods")})
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(text))
+
+
 def _print_metrics(m: dict[str, float]) -> None:
     keys = [k for k in sorted(m) if k.split("/")[0] in ("reverse_kl", "reward", "entropy", "masked", "length")]
     table = Table(title="last step")

@@ -10,6 +10,7 @@ from mopd.models.tiny import char_tokenizer, tiny_model
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2}
+SMALL = {"n_train": 20, "n_eval": 5}
 
 
 def config(tmp_path, **extra) -> str:
@@ -18,8 +19,8 @@ def config(tmp_path, **extra) -> str:
         "student": {"tiny": TINY},
         "teachers": [{"name": "me", "kind": "self"}],
         "domains": [
-            {"name": "rev", "teacher": "me", "prompts": {"builtin": "reversal", "params": {"n_train": 20, "n_eval": 5}}},
-            {"name": "add", "teacher": "me", "prompts": {"builtin": "addition", "params": {"n_train": 20, "n_eval": 5}}},
+            {"name": "rev", "teacher": "me", "prompts": {"builtin": "reversal", "params": SMALL}},
+            {"name": "add", "teacher": "me", "prompts": {"builtin": "addition", "params": SMALL}},
         ],
         "sampling": {"prompts_per_step": 4, "max_new_tokens": 4},
         **extra,
@@ -73,7 +74,7 @@ def test_check_fails_on_teacher_with_another_tokenizer(tmp_path):
     res = runner.invoke(app, ["check", cfg])
     out = plain(res.output)
     assert res.exit_code != 0, out
-    assert "outsider" in out and "check passed" not in out
+    assert "outsider" in out and "vocabularies differ" in out and "check passed" not in out
 
 
 def test_distill_writes_model_and_metrics(tmp_path):

@@ -1,0 +1,95 @@
+"""The reproduction pipeline's configuration and its built-in presets.
+
+One file describes the whole experiment of DESIGN section 2: the base model, the domains,
+and the settings of every stage (SFT init, domain teachers, MOPD, baselines, evaluation).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from mopd.config.schema import AlgorithmConfig, ModelSpec, Strict, TinyModel
+
+
+class PipelineDomain(Strict):
+    name: str
+    builtin: str  # a built-in domain or python:/path/file.py[:attr]
+    params: dict = Field(default_factory=dict)
+    weight: float = Field(1.0, ge=0)
+
+
+class SFTStage(Strict):
+    steps: int = Field(150, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(64, gt=0)
+
+
+class RLStage(Strict):
+    steps: int = Field(100, gt=0)
+    lr: float = Field(3e-4, gt=0)
+    prompts_per_step: int = Field(32, gt=0)
+    rollouts_per_prompt: int = Field(1, gt=0)
+    max_new_tokens: int = Field(8, gt=0)
+    temperature: float = Field(1.0, gt=0)
+
+
+class OffPolicyStage(Strict):
+    samples_per_prompt: int = Field(1, gt=0)  # teacher rollouts per prompt, until the budget is spent
+    steps: int = Field(150, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, gt=0)
+
+
+class EvalStage(Strict):
+    samples: int = Field(4, gt=0)
+    max_new_tokens: int = Field(8, gt=0)
+    curve_points: int = Field(4, gt=0)  # evaluations along MOPD and Mix-RL training
+
+
+class PipelineConfig(Strict):
+    output_dir: str = "runs/reproduce"
+    seed: int = 0
+    base: ModelSpec = Field(default_factory=lambda: ModelSpec(tiny=TinyModel(seed=7)))
+    domains: list[PipelineDomain] = Field(min_length=1)
+    sft: SFTStage = Field(default_factory=SFTStage)
+    teacher: RLStage = Field(default_factory=lambda: RLStage(steps=150, prompts_per_step=16, rollouts_per_prompt=8))
+    mopd: RLStage = Field(default_factory=RLStage)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    baselines: list[str] = Field(default_factory=lambda: ["mix_rl", "cascade_rl", "offpolicy", "merge_avg",
+                                                          "merge_task"])
+    cascade_order: list[str] | None = None
+    task_arithmetic_scale: float = 1.0
+    offpolicy: OffPolicyStage = Field(default_factory=OffPolicyStage)
+    eval: EvalStage = Field(default_factory=EvalStage)
+    rounds: int = Field(1, ge=1, le=3)  # 2: co-evolution, new teachers start from the MOPD student
+
+    @model_validator(mode="after")
+    def _check(self) -> "PipelineConfig":
+        names = [d.name for d in self.domains]
+        known = {"mix_rl", "cascade_rl", "offpolicy", "merge_avg", "merge_task"}
+        bad = [b for b in self.baselines if b not in known]
+        if bad:
+            raise ValueError(f"unknown baselines {bad}; choose from {sorted(known)}")
+        if self.cascade_order is not None and sorted(self.cascade_order) != sorted(names):
+            raise ValueError(f"cascade_order {self.cascade_order} must list each domain once: {names}")
+        return self
+
+
+def _toy(name: str, n_train: int = 400, n_eval: int = 100) -> PipelineDomain:
+    return PipelineDomain(name=name, builtin=name,
+                          params={"min_len": 3, "max_len": 4, "n_train": n_train, "n_eval": n_eval, "seed": 0})
+
+
+PRESETS = {
+    # The demo: two algorithmic toy domains, every stage and baseline, minutes on a laptop CPU.
+    "tiny": lambda: PipelineConfig(domains=[_toy("reversal"), _toy("sorting")]),
+    # A smoke test of the whole pipeline: tiny sizes, a few steps per stage.
+    "micro": lambda: PipelineConfig(
+        domains=[_toy("reversal", 40, 10), _toy("sorting", 40, 10)],
+        sft=SFTStage(steps=5, batch_size=16),
+        teacher=RLStage(steps=2, prompts_per_step=4, rollouts_per_prompt=4, max_new_tokens=6),
+        mopd=RLStage(steps=4, prompts_per_step=8, max_new_tokens=6),
+        offpolicy=OffPolicyStage(steps=3, batch_size=8),
+        eval=EvalStage(samples=1, max_new_tokens=6, curve_points=2),
+    ),
+}

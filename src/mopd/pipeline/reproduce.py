@@ -1,0 +1,60 @@
+"""`mopd reproduce`: SFT init -> domain teachers -> MOPD -> every baseline -> report.
+
+Each stage is cached in its own directory, so a rerun resumes after the last finished stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from mopd.eval.report import write_report
+from mopd.pipeline import methods as M
+from mopd.pipeline.config import PipelineConfig
+from mopd.pipeline.stages import Domains, StageResult, cached
+
+log = logging.getLogger(__name__)
+
+
+def reproduce(cfg: PipelineConfig, out_dir: str | Path | None = None) -> str:
+    out = Path(out_dir or cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pipeline.json").write_text(cfg.model_dump_json(indent=1))
+    doms = Domains.build(cfg)
+
+    log.info("stage 1: SFT init")
+    sft = cached(out / "sft", lambda: M.sft_init(cfg, doms, out / "sft"))
+    first_teachers: dict[str, StageResult] = {}
+    methods: list[StageResult] = []
+    start = sft.model_dir
+    for rnd in range(1, cfg.rounds + 1):
+        tag = "" if rnd == 1 else f"_round{rnd}"
+        log.info("stage 2%s: domain teachers from %s", tag, start)
+        teachers = {d: cached(out / f"teacher_{d}{tag}",
+                              lambda d=d: M.domain_teacher(cfg, doms, d, start, out / f"teacher_{d}{tag}"))
+                    for d in doms.train}
+        first_teachers = first_teachers or teachers
+        log.info("stage 3%s: MOPD", tag)
+        dirs = {d: t.model_dir for d, t in teachers.items()}
+        student = cached(out / f"mopd{tag}", lambda: M.mopd(cfg, doms, start, dirs, out / f"mopd{tag}"))
+        if rnd > 1:
+            student.name = f"MOPD (round {rnd})"
+        methods.append(student)
+        start = student.model_dir  # co-evolution: the next round starts from this student
+
+    base = sft.model_dir
+    t1 = {d: t.model_dir for d, t in first_teachers.items()}
+    runners = {
+        "mix_rl": lambda: M.mix_rl(cfg, doms, base, out / "mix_rl"),
+        "cascade_rl": lambda: M.cascade_rl(cfg, doms, base, out / "cascade_rl"),
+        "offpolicy": lambda: M.offpolicy(cfg, doms, base, t1, out / "offpolicy"),
+        "merge_task": lambda: M.merge(cfg, doms, base, t1, "task", out / "merge_task"),
+        "merge_avg": lambda: M.merge(cfg, doms, base, t1, "avg", out / "merge_avg"),
+    }
+    for name in cfg.baselines:
+        log.info("baseline: %s", name)
+        methods.append(cached(out / name, runners[name]))
+    summary = {"sft": asdict(sft), "teachers": {d: asdict(t) for d, t in first_teachers.items()},
+               "methods": [asdict(m) for m in methods]}
+    return write_report(out, summary)
