@@ -44,6 +44,10 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # transformers' per-file load/save bars would drown mopd's own progress display.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 @app.command()

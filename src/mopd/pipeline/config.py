@@ -52,8 +52,8 @@ class PipelineConfig(Strict):
     base: ModelSpec = Field(default_factory=lambda: ModelSpec(tiny=TinyModel(seed=7)))
     domains: list[PipelineDomain] = Field(min_length=1)
     sft: SFTStage = Field(default_factory=SFTStage)
-    teacher: RLStage = Field(default_factory=lambda: RLStage(steps=150, prompts_per_step=16, rollouts_per_prompt=8))
-    mopd: RLStage = Field(default_factory=RLStage)
+    teacher: RLStage = Field(default_factory=lambda: RLStage(steps=300, prompts_per_step=16, rollouts_per_prompt=8))
+    mopd: RLStage = Field(default_factory=lambda: RLStage(steps=400))
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     baselines: list[str] = Field(default_factory=lambda: ["mix_rl", "cascade_rl", "offpolicy", "merge_avg",
                                                           "merge_task"])
