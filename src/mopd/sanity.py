@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from mopd.build import build_domains, build_model
 from mopd.config.schema import AlgorithmConfig, RunConfig
 from mopd.data.mixture import MixtureSampler
@@ -83,6 +81,3 @@ def self_distillation_check(cfg: RunConfig) -> SanityReport:
     kl = float(token_metrics["reverse_kl"].abs().sum() / mask.sum().clamp(min=1)) if mask.any() else 0.0
     return SanityReport(kl, scalars["grad_norm"], int(mask.sum()), teacher_agreement(cfg, tok))
 
-
-def weights_unchanged(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -87,7 +87,8 @@ def plot(rows: list[dict], curve_data: dict, domains: list[str], path: Path) -> 
     ax1.set_xlabel("sequences sampled")
     ax1.set_ylabel("normalised score (mean over domains)")
     ax1.set_title("normalised score against samples")
-    ax1.legend(fontsize=7)
+    if ax1.get_legend_handles_labels()[0]:
+        ax1.legend(fontsize=7)
     width = 0.8 / max(len(domains), 1)
     for i, d in enumerate(domains):
         ax2.bar([j + i * width for j in range(len(rows))], [r["normalised"][d] for r in rows], width, label=d)
