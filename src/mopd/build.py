@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mopd.config.schema import DomainConfig, ModelSpec, RunConfig, TeacherConfig
+from mopd.config.schema import DomainConfig, ModelSpec, RunConfig, TeacherConfig, VLLMOptions
 from mopd.data.mixture import MixtureSampler
-from mopd.data.prompts import DataError, load_domain_examples, render_prompt
+from mopd.data.prompts import DataError, load_domain_examples, read_rows, render_prompt
 from mopd.domains.base import Example
 from mopd.domains.registry import build_domain
 from mopd.models.compat import check_teacher_vocab
 from mopd.models.loading import load_model, load_tokenizer
 from mopd.objectives.mopd import MOPDObjective
 from mopd.rollout.hf_engine import HFRolloutEngine
+from mopd.teachers.base import Teacher
 from mopd.teachers.hf_teacher import HFTeacher
+from mopd.teachers.remote import RemoteTeacher
 from mopd.teachers.router import TeacherRouter
 from mopd.training.loop import OnPolicyRun
 from mopd.training.optim import build_optimizer
@@ -29,9 +31,13 @@ def build_model(spec: ModelSpec):
     return load_model(spec, tokenizer), tokenizer
 
 
-def build_teacher(cfg: TeacherConfig, student, student_tok) -> HFTeacher:
+def build_teacher(cfg: TeacherConfig, student, student_tok) -> Teacher:
     if cfg.kind == "self":
         return HFTeacher.frozen_copy_of(cfg.name, student)
+    if cfg.kind == "remote":
+        return build_remote_teacher(cfg, student_tok)
+    if cfg.kind == "vllm":
+        return build_vllm_teacher(cfg, student, student_tok)
     assert cfg.model is not None
     tok = load_tokenizer(cfg.model)
     check_teacher_vocab(cfg.name, student_tok, tok)
@@ -40,6 +46,40 @@ def build_teacher(cfg: TeacherConfig, student, student_tok) -> HFTeacher:
     s_vocab = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else None
     check_teacher_vocab(cfg.name, student_tok, tok, vocab, s_vocab)
     return HFTeacher(cfg.name, model)
+
+
+def build_remote_teacher(cfg: TeacherConfig, student_tok) -> RemoteTeacher:
+    """A remote teacher, checked before training: its tokenizer (when given) must be the student's,
+    and the server must answer with prompt log-probs, so a dead server fails now, not at step 1."""
+    if cfg.tokenizer is not None:
+        check_teacher_vocab(cfg.name, student_tok, load_tokenizer(ModelSpec(path=cfg.tokenizer)))
+    teacher = RemoteTeacher.from_config(cfg)
+    ids = list(student_tok("The teacher is ready.")["input_ids"])[:8]
+    teacher.probe(ids if len(ids) >= 2 else None)
+    return teacher
+
+
+def build_vllm_teacher(cfg: TeacherConfig, student, student_tok):
+    """An in-process vLLM teacher, with the tokenizer and vocabulary checks of an 'hf' teacher."""
+    from transformers import AutoConfig
+
+    from mopd.teachers.vllm_teacher import VLLMTeacher  # vLLM is an optional extra
+
+    tok = load_tokenizer(cfg.model)
+    vocab = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code).vocab_size
+    s_vocab = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else None
+    check_teacher_vocab(cfg.name, student_tok, tok, vocab, s_vocab)
+    opts = cfg.vllm or VLLMOptions()
+    return VLLMTeacher(cfg.name, cfg.model.path, opts, opts.dtype or cfg.model.dtype)
+
+
+def build_engine(cfg: RunConfig, student, tok):
+    """The rollout engine: transformers on the trained model itself, or vLLM (weights pushed each step)."""
+    if cfg.rollout.engine == "vllm":
+        from mopd.rollout.vllm_engine import VLLMRolloutEngine  # vLLM is an optional extra
+
+        return VLLMRolloutEngine(student, eos_ids(tok, student), cfg.rollout, seed=cfg.seed)
+    return HFRolloutEngine(student, tok.pad_token_id, eos_ids(tok, student))
 
 
 def domain_data(d: DomainConfig, split: str = "train") -> tuple[list[Example], Verifier | None]:
@@ -60,34 +100,63 @@ def domain_data(d: DomainConfig, split: str = "train") -> tuple[list[Example], V
     return examples, verifier
 
 
-def check_prompt_lengths(domain: str, examples: list[Example], tokenizer, limit: int) -> None:
+def check_prompt_lengths(domain: str, examples: list[Example], tokenizer, limit: int,
+                         max_new_tokens: int = 0, context: int | None = None) -> None:
+    """Every prompt fits `sampling.max_prompt_tokens`, and prompt + completion fit the model's context."""
     for i, ex in enumerate(examples):
         n = len(render_prompt(ex, tokenizer))
         if n > limit:
             raise DataError(f"domain {domain!r}, prompt {i}: {n} tokens, longer than "
                             f"sampling.max_prompt_tokens={limit}; shorten it or raise the limit")
+        if context is not None and n + max_new_tokens > context:
+            raise DataError(f"domain {domain!r}, prompt {i}: {n} prompt tokens + sampling.max_new_tokens="
+                            f"{max_new_tokens} exceed the student's context of {context} tokens; "
+                            "shorten the prompt or lower sampling.max_new_tokens")
 
 
-def build_domains(cfg: RunConfig, tokenizer) -> tuple[dict[str, list[Example]], dict[str, Verifier]]:
+def build_domains(cfg: RunConfig, tokenizer, context: int | None = None
+                  ) -> tuple[dict[str, list[Example]], dict[str, Verifier]]:
+    check_shared_files(cfg)
     examples, verifiers = {}, {}
     for d in cfg.domains:
         ex, ver = domain_data(d)
-        check_prompt_lengths(d.name, ex, tokenizer, cfg.sampling.max_prompt_tokens)
+        check_prompt_lengths(d.name, ex, tokenizer, cfg.sampling.max_prompt_tokens,
+                             cfg.sampling.max_new_tokens, context)
         examples[d.name] = ex
         if ver is not None:
             verifiers[d.name] = ver
     return examples, verifiers
 
 
+def check_shared_files(cfg: RunConfig) -> None:
+    """A file read by several domains must label every row: an unlabelled row would be
+    adopted by each of them and trained on twice, under different teachers."""
+    by_source: dict[tuple[str, str], list[str]] = {}
+    for d in cfg.domains:
+        if d.prompts.path is not None:
+            by_source.setdefault((d.prompts.path, d.prompts.split), []).append(d.name)
+    for (path, split), names in by_source.items():
+        if len(names) < 2:
+            continue
+        for i, row in enumerate(read_rows(path, split)):
+            if not isinstance(row, dict) or row.get("domain") is None:
+                raise DataError(f"{path}, row {i}: no 'domain', but the file is shared by domains {names}; "
+                                "add a 'domain' field naming one of them")
+
+
+def context_length(model) -> int | None:
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
 def build_mopd_run(cfg: RunConfig, output_dir: str | None = None) -> OnPolicyRun:
     student, tok = build_model(cfg.student)
     teachers = {t.name: build_teacher(t, student, tok) for t in cfg.teachers}
     router = TeacherRouter(teachers, {d.name: d.teacher for d in cfg.domains})
-    examples, verifiers = build_domains(cfg, tok)
+    examples, verifiers = build_domains(cfg, tok, context_length(student))
     sampler = MixtureSampler(examples, {d.name: d.weight for d in cfg.domains}, seed=cfg.seed)
     optimizer, scheduler = build_optimizer(student, cfg.optim)
     return OnPolicyRun(
-        model=student, tokenizer=tok, engine=HFRolloutEngine(student, tok.pad_token_id, eos_ids(tok, student)),
+        model=student, tokenizer=tok, engine=build_engine(cfg, student, tok),
         sampler=sampler, objective=MOPDObjective(router, cfg.algorithm), optimizer=optimizer,
         scheduler=scheduler, sampling=cfg.sampling, optim=cfg.optim,
         output_dir=Path(output_dir or cfg.output_dir), checkpoint=cfg.checkpoint, logging=cfg.logging,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mopd.config.load import ConfigError, load_config
@@ -60,14 +62,26 @@ def distill(
     """Distill the domain teachers into the student on its own rollouts (MOPD)."""
     from mopd.build import build_mopd_run
     from mopd.models.loading import save_pretrained
-    from mopd.training.loop import run_onpolicy
+    from mopd.teachers.base import TeacherError
+    from mopd.training.interrupt import TrainingInterrupted
+    from mopd.training.loop import NonFiniteRun, run_onpolicy
 
     cfg = _load(config, set_)
     try:
         run = build_mopd_run(cfg, output_dir)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, FileNotFoundError, OSError, TeacherError) as e:
         _fail(e)
-    last = run_onpolicy(run, resume=resume)
+    # The command that continues this run, to print when it stops early.
+    again = shlex.join(["mopd", "distill", str(config), *[a for o in set_ or [] for a in ("--set", o)],
+                        *(["--output-dir", output_dir] if output_dir else []), "--resume"])
+    try:
+        last = run_onpolicy(run, resume=resume)
+    except TrainingInterrupted as e:
+        console.print(f"[yellow]{escape(str(e))}[/yellow]\ncontinue with: {escape(again)}")
+        raise typer.Exit(e.exit_code) from None
+    except (TeacherError, NonFiniteRun) as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}\nafter fixing it, continue with: {escape(again)}")
+        raise typer.Exit(1) from None
     final = run.output_dir / "final"
     save_pretrained(run.model, run.tokenizer, final)
     _print_metrics(last)
@@ -79,12 +93,13 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
     """Validate CONFIG, compare each teacher's tokenizer with the student's, and distill the
     student into itself for one step: reverse KL and policy gradient must both be ~0."""
     from mopd.sanity import GRAD_TOLERANCE, KL_TOLERANCE, self_distillation_check
+    from mopd.teachers.base import TeacherError
 
     cfg = _load(config, set_)
     console.print(f"config {config}: valid ({len(cfg.domains)} domains, {len(cfg.teachers)} teachers)")
     try:
         rep = self_distillation_check(cfg)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, FileNotFoundError, OSError, TeacherError) as e:
         _fail(e)
     table = Table(title="teacher agreement with the student")
     for col in ("teacher", "vocabulary", "special tokens", "chat template", "detail"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mopd.build import build_domains, build_model
-from mopd.config.schema import AlgorithmConfig, RunConfig
+from mopd.config.schema import AlgorithmConfig, ModelSpec, RunConfig
 from mopd.data.mixture import MixtureSampler
 from mopd.models.compat import CompatReport, compare_tokenizers
 from mopd.models.loading import load_tokenizer
@@ -19,6 +19,7 @@ from mopd.objectives.mopd import MOPDObjective
 from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.rollout.types import collate
 from mopd.teachers.hf_teacher import HFTeacher
+from mopd.teachers.remote import RemoteTeacher
 from mopd.teachers.router import TeacherRouter
 from mopd.training.loop import step_generator
 from mopd.training.rollouts import collect_rollouts, eos_ids
@@ -53,9 +54,25 @@ class _NoStep:
 
 
 def teacher_agreement(cfg: RunConfig, student_tok) -> list[CompatReport]:
+    """Per teacher, how its tokenizer compares with the student's. Remote teachers are also
+    probed (TeacherError if the server does not answer with prompt log-probs); one without a
+    configured `tokenizer` is reported as not compared."""
     reports = []
     for t in cfg.teachers:
-        tok = student_tok if t.kind == "self" else load_tokenizer(t.model)
+        if t.kind == "remote":
+            teacher = RemoteTeacher.from_config(t)
+            try:
+                teacher.probe()
+            finally:
+                teacher.close()
+            if t.tokenizer is None:
+                reports.append(CompatReport(t.name, True, True, True, "remote, answers; tokenizer not "
+                                            "compared (set teachers[].tokenizer to compare it)"))
+                continue
+        if t.kind == "self":
+            tok = student_tok
+        else:
+            tok = load_tokenizer(ModelSpec(path=t.tokenizer) if t.kind == "remote" else t.model)
         reports.append(compare_tokenizers(t.name, student_tok, tok))
     return reports
 

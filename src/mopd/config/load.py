@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -64,15 +65,44 @@ def _list_index(node: list, key: str, item: str) -> int:
     raise ConfigError(f"override {item!r}: no list element {key!r}")
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the documented keys)"
+            known = _fields_at(model, e["loc"][:-1]) if model is not None else []
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            msg = f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
+            if known:
+                msg += f" (keys here: {', '.join(known)})"
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys a config section accepts, found by walking `loc` (list indices skipped) from `model`."""
+    node: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(node, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        node = _model_in(field.annotation)
+        if node is None:
+            return []
+    return list(getattr(node, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    # `X | None`, `list[X]`: the pydantic model inside, if any.
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -97,7 +127,7 @@ def load_config(path: str | Path | None, model: type[M], overrides: list[str] | 
     try:
         cfg = model.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, model)) from None
     # Relative paths inside a config are relative to the config file.
     if path is not None:
         _resolve_paths(cfg, Path(path).resolve().parent)
@@ -108,7 +138,7 @@ def _resolve_paths(node: Any, base: Path) -> None:
     if isinstance(node, BaseModel):
         for name in type(node).model_fields:
             value = getattr(node, name)
-            if name in ("path", "gguf_file") and isinstance(value, str) and _is_relative_local(value, base):
+            if name in ("path", "gguf_file", "tokenizer") and isinstance(value, str) and _is_relative_local(value, base):
                 object.__setattr__(node, name, str((base / value).resolve()))
             else:
                 _resolve_paths(value, base)

@@ -6,6 +6,7 @@ config fails at `mopd check` time with the key's path, not an hour into a run.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -44,19 +45,69 @@ class ModelSpec(Strict):
         return self
 
 
+class VLLMOptions(Strict):
+    """A vLLM engine in the training process (`rollout.engine: vllm`, teachers of kind 'vllm')."""
+
+    dtype: DType | None = None  # None: the model's own dtype (float32 makes log-probs match the trainer's)
+    # On a CPU this is the share of RAM vLLM reserves; in-process it also counts the trainer's memory.
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    kv_cache_gb: float | None = Field(None, gt=0)  # an explicit KV-cache size; overrides the share above
+    enforce_eager: bool = False  # True: no torch.compile / CUDA graphs (starts ~4x faster on a CPU)
+    max_model_len: int | None = Field(None, gt=0)  # None: the model's context length
+    sleep: bool = True  # rollout engine: free its memory while the trainer runs, where vLLM offers it
+
+
+class RolloutConfig(VLLMOptions):
+    # hf: transformers sampling on the trained model itself; vllm: vLLM, weights pushed after each update.
+    engine: Literal["hf", "vllm"] = "hf"
+
+
 class TeacherConfig(Strict):
     name: str
-    # hf: an in-process transformers model; self: the student's frozen initial weights.
-    kind: Literal["hf", "self"] = "hf"
+    # hf: an in-process transformers model; self: the student's frozen initial weights;
+    # remote: a vLLM OpenAI-compatible server that returns prompt log-probs (mopd.teachers.remote).
+    # vllm: an in-process vLLM engine on `model.path` scoring with prompt_logprobs.
+    kind: Literal["hf", "self", "remote", "vllm"] = "hf"
     model: ModelSpec | None = None
+    vllm: VLLMOptions | None = None  # kind 'vllm' only
+    # kind 'remote' only:
+    url: str | None = None  # e.g. http://127.0.0.1:8000 (the /v1/completions path is added)
+    served_model: str | None = None  # the model name the server knows (vLLM: its --model or --served-model-name)
+    tokenizer: str | None = None  # optional HF dir / hub id of the server's tokenizer, compared with the student's
+    api_key_env: str | None = None  # NAME of the environment variable holding the API key, never the key
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    concurrency: int = Field(8, gt=0)
 
     @model_validator(mode="after")
-    def _model_for_hf(self) -> "TeacherConfig":
-        if self.kind == "hf" and self.model is None:
-            raise ValueError(f"teacher {self.name!r} of kind 'hf' needs 'model'")
-        if self.kind == "self" and self.model is not None:
-            raise ValueError(f"teacher {self.name!r} of kind 'self' takes no 'model'")
+    def _fields_of_kind(self) -> "TeacherConfig":
+        if self.kind in ("hf", "vllm") and self.model is None:
+            raise ValueError(f"teacher {self.name!r} of kind {self.kind!r} needs 'model'")
+        if self.kind == "vllm" and (self.model.path is None or self.model.gguf_file or self.model.tiny):
+            raise ValueError(f"teacher {self.name!r} of kind 'vllm' needs 'model.path': a HF model directory")
+        if self.kind != "vllm" and self.vllm is not None:
+            raise ValueError(f"teacher {self.name!r}: 'vllm' only applies to kind 'vllm'")
+        if self.kind in ("self", "remote") and self.model is not None:
+            raise ValueError(f"teacher {self.name!r} of kind {self.kind!r} takes no 'model'")
+        remote_only = [k for k in ("url", "served_model", "tokenizer", "api_key_env") if getattr(self, k) is not None]
+        if self.kind != "remote" and remote_only:
+            raise ValueError(f"teacher {self.name!r}: {remote_only} only apply to kind 'remote'")
+        if self.kind == "remote":
+            if not self.url or not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"teacher {self.name!r} of kind 'remote' needs 'url' starting with http:// "
+                                 f"or https://, got {self.url!r}")
+            if not self.served_model:
+                raise ValueError(f"teacher {self.name!r} of kind 'remote' needs 'served_model': the model "
+                                 "name the server was started with")
+        if self.api_key_env is not None and not _ENV_NAME.fullmatch(self.api_key_env):
+            # A key pasted here would end up in logs and checkpoints; only a variable name is allowed.
+            raise ValueError(f"teacher {self.name!r}: api_key_env must be the NAME of an environment "
+                             "variable (letters, digits, _), not the key itself")
         return self
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class PromptSource(Strict):
@@ -120,6 +171,8 @@ class SamplingConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(32, gt=0)
     max_prompt_tokens: int = Field(256, gt=0)
+    # A verifier that hangs on one sample gives it reward 0 after this long; the run goes on.
+    verifier_timeout_s: float = Field(30.0, gt=0)
 
 
 class OptimConfig(Strict):
@@ -131,6 +184,8 @@ class OptimConfig(Strict):
     grad_clip: float | None = 1.0
     grad_accum_steps: int = Field(1, gt=0)
     steps: int = Field(100, gt=0)
+    # Updates with a non-finite loss or gradient are skipped; this many in a row stop the run.
+    max_nonfinite_in_a_row: int = Field(3, gt=0)
 
 
 class CheckpointConfig(Strict):
@@ -160,6 +215,7 @@ class RunConfig(Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
 
     @model_validator(mode="after")
     def _routing(self) -> "RunConfig":

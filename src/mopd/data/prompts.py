@@ -21,19 +21,25 @@ def read_rows(path: str, split: str = "train") -> list[dict]:
     p = Path(path)
     if p.suffix in (".jsonl", ".json") and p.is_file():
         rows = []
-        with p.open() as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+        try:
+            lines = p.read_text(encoding="utf-8").split("\n")  # not splitlines: JSON strings may hold U+2028
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read prompt file {path}: {e}; it must be UTF-8 JSON Lines") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
         return rows
     if p.suffix == ".parquet" and p.is_file():
         import pyarrow.parquet as pq
 
-        return pq.read_table(p).to_pylist()
+        try:
+            return pq.read_table(p).to_pylist()
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+            raise DataError(f"cannot read parquet file {path}: {e}") from None
     if p.suffix in (".jsonl", ".json", ".parquet"):
         raise DataError(f"prompt file {path} does not exist")
     import datasets  # a dataset saved with save_to_disk, or a hub dataset name
@@ -80,6 +86,8 @@ def load_domain_examples(path: str, domain: str, split: str = "train") -> list[E
     examples, labels = [], set()
     for i, row in enumerate(rows):
         label = row.get("domain") if isinstance(row, dict) else None
+        if label is not None and not isinstance(label, str):
+            raise DataError(f"{path}, row {i}: 'domain' must be a string naming a domain, got {label!r}")
         if label is not None:
             labels.add(label)
             if label != domain:

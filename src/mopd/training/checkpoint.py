@@ -2,6 +2,7 @@
 
 Written to a temporary directory and renamed into place, so a crash mid-write never leaves
 a half checkpoint under a real name; `latest_checkpoint` only sees complete ones.
+(A kill is covered; a power cut may also need the files fsynced, which is not done.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from mopd.models.loading import save_pretrained
 
 STATE_FILE = "trainer_state.pt"
-_NAME = re.compile(r"^step-(\d+)$")
+_NAME = re.compile(r"^(?:\.old-)?step-(\d+)$")
 
 
 def rng_state() -> dict:
@@ -32,29 +33,50 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(root: str | Path, step: int, model, tokenizer, optimizer, scheduler,
                     extra: dict, keep: int = 2) -> Path:
+    """Write `root/step-NNNNNN` so that a kill at any moment leaves a loadable checkpoint.
+
+    Everything goes to `.tmp-step-N` first (the trainer state last: its presence marks a
+    complete checkpoint) and is renamed into place. A checkpoint of the same step that is
+    replaced is first moved aside to `.old-step-N`, which `list_checkpoints` still accepts
+    until the new one is in place; old checkpoints are pruned only after that.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
+    tmp, old = root / f".tmp-{final.name}", root / f".old-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_pretrained(model, tokenizer, tmp)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_state(), **extra}, tmp / STATE_FILE)
     if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    for stale in list_checkpoints(root)[:-keep]:
+        _remove(stale)
     return final
 
 
+def _remove(path: Path) -> None:
+    # Rename first: a kill halfway through deleting must not leave a gutted checkpoint
+    # under a name that list_checkpoints accepts.
+    doomed = path.with_name(f".del-{path.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    path.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first; `.old-step-N` stands in for a missing `step-N`."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
-    return [p for _, p in sorted(found)]
+    found: dict[int, Path] = {}
+    for p in sorted(root.iterdir(), key=lambda p: p.name.startswith(".")):  # real names win
+        if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file():
+            found.setdefault(int(m.group(1)), p)
+    return [found[k] for k in sorted(found)]
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

@@ -18,7 +18,9 @@ from mopd.data.mixture import MixtureSampler
 from mopd.objectives.base import Objective
 from mopd.rollout.engine import RolloutEngine
 from mopd.rollout.types import collate
+from mopd.teachers.base import TeacherError
 from mopd.training import checkpoint as ckpt
+from mopd.training.interrupt import StopOnSignal, TrainingInterrupted
 from mopd.training.metrics import MetricsLogger, per_domain_means, per_domain_row_means
 from mopd.training.progress import StepProgress
 from mopd.training.rollouts import Verifier, collect_rollouts
@@ -43,10 +45,10 @@ class OnPolicyRun:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     verifiers: dict[str, Verifier] = field(default_factory=dict)
     seed: int = 0
-    max_nonfinite_in_a_row: int = 3
     name: str = "mopd"
     run_config: dict = field(default_factory=dict)
     step: int = 0  # steps completed
+    skipped_nonfinite: int = 0  # updates skipped for a non-finite loss or gradient, in all
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -66,12 +68,14 @@ def resume_from(run: OnPolicyRun, path: Path) -> None:
     run.sampler.load_state_dict(state["sampler"])
     ckpt.set_rng_state(state["rng"])
     run.step = state["step"]
+    run.skipped_nonfinite = state.get("skipped_nonfinite", 0)
     log.info("resumed %s from %s at step %d", run.name, path, run.step)
 
 
 def save(run: OnPolicyRun) -> Path:
     return ckpt.save_checkpoint(run.output_dir / "checkpoints", run.step, run.model, run.tokenizer,
-                                run.optimizer, run.scheduler, {"sampler": run.sampler.state_dict()},
+                                run.optimizer, run.scheduler, {"sampler": run.sampler.state_dict(),
+                                                               "skipped_nonfinite": run.skipped_nonfinite},
                                 keep=run.checkpoint.keep)
 
 
@@ -105,33 +109,61 @@ def train_one_step(run: OnPolicyRun) -> dict[str, float]:
     return m
 
 
+class NonFiniteRun(RuntimeError):
+    """Too many non-finite updates in a row: the run is diverging, not unlucky."""
+
+
 def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = None) -> dict[str, float]:
-    """Train until `run.optim.steps` (or `stop_at`, for staged runs); returns the last step's metrics."""
+    """Train until `run.optim.steps` (or `stop_at`, for staged runs); returns the last step's metrics.
+
+    Faults end in a checkpoint or a clear error, never in silently wrong training: a teacher
+    error stops the run after saving the state from before the failed step; SIGINT/SIGTERM
+    save after the current step and raise TrainingInterrupted; a non-finite update is skipped
+    and counted, and `optim.max_nonfinite_in_a_row` of them in a row stop the run.
+    """
     run.output_dir.mkdir(parents=True, exist_ok=True)
     if resume and (path := ckpt.latest_checkpoint(run.output_dir / "checkpoints")) is not None:
         resume_from(run, path)
     logger = MetricsLogger(run.output_dir, run.logging, run.run_config)
     last: dict[str, float] = {}
-    bad_in_a_row = 0
+    bad_in_a_row, limit = 0, run.optim.max_nonfinite_in_a_row
     try:
-        with StepProgress(run.name, run.optim.steps, run.step, enabled=run.logging.progress) as bar:
+        with StepProgress(run.name, run.optim.steps, run.step, enabled=run.logging.progress) as bar, \
+                StopOnSignal() as stop:
             end = min(run.optim.steps, stop_at or run.optim.steps)
             while run.step < end:
+                drawn = run.sampler.state_dict()
                 try:
                     last = train_one_step(run)
                     bad_in_a_row = 0
                 except NonFiniteUpdate as e:
                     bad_in_a_row += 1
-                    log.warning("step %d: skipped a non-finite update (%s)", run.step, e)
-                    last = {"skipped_nonfinite": 1.0}
-                    if bad_in_a_row >= run.max_nonfinite_in_a_row:
-                        raise RuntimeError(f"{bad_in_a_row} non-finite updates in a row; stopping") from e
+                    run.skipped_nonfinite += 1
+                    log.warning("step %d: skipped a non-finite update (%s); %d in a row, %d in all",
+                                run.step, e, bad_in_a_row, run.skipped_nonfinite)
+                    last = {"nonfinite_in_a_row": float(bad_in_a_row)}
+                    if bad_in_a_row >= limit:
+                        raise NonFiniteRun(
+                            f"{bad_in_a_row} non-finite updates in a row (optim.max_nonfinite_in_a_row="
+                            f"{limit}), last: {e}; lower optim.lr, set optim.grad_clip, or check the "
+                            "teachers' log-probs") from e
+                except TeacherError:
+                    # Nothing of the failed step was applied: put its prompts back and save, so a
+                    # resumed run redoes exactly this step once the teacher is back.
+                    run.sampler.load_state_dict(drawn)
+                    log.error("step %d: teacher failed; saved %s", run.step, save(run))
+                    raise
+                last["skipped_nonfinite"] = float(run.skipped_nonfinite)
                 run.step += 1
                 if run.step % run.logging.every == 0 or run.step == run.optim.steps:
                     logger.log(run.step, last)
                 bar.advance(last)
-                if run.checkpoint.every and run.step % run.checkpoint.every == 0:
+                saved = run.checkpoint.every and run.step % run.checkpoint.every == 0
+                if saved:
                     save(run)
+                if stop.signum is not None and run.step < run.optim.steps:  # a finished run just ends
+                    raise TrainingInterrupted(stop.signum, run.step, ckpt.latest_checkpoint(
+                        run.output_dir / "checkpoints") if saved else save(run))
         if not (run.checkpoint.every and run.step % run.checkpoint.every == 0):
             save(run)
     finally:

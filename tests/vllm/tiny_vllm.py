@@ -1,0 +1,31 @@
+"""Shared by the vLLM tests: engine settings and the tiny model vLLM's CPU kernels accept."""
+
+import torch
+
+from mopd.config.schema import VLLMOptions
+from mopd.models.tiny import char_tokenizer, tiny_model
+from mopd.rollout.types import Rollout, collate
+
+# An explicit KV cache: in-process, vLLM's automatic size is a share of RAM minus the
+# memory of the whole test process, which leaves nothing once the process has grown.
+OPTS = VLLMOptions(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.3, kv_cache_gb=0.0625)
+
+
+def vllm_tiny(seed: int):
+    """A random tiny Llama that vLLM's CPU kernels accept, and its character tokenizer."""
+    tok = char_tokenizer()
+    return tiny_model(tok, hidden_size=64, num_heads=2, seed=seed), tok
+
+
+def batch_of(rows: list[tuple[int, int]], seed: int = 0):
+    """Rollouts of (prompt length, completion length) with random token ids, right-padded."""
+    g = torch.Generator().manual_seed(seed)
+    rollouts = []
+    for i, (p, c) in enumerate(rows):
+        ids = torch.randint(7, 90, (p + c,), generator=g).tolist()
+        rollouts.append(Rollout.from_completion(f"d{i % 2}", ids[:p], ids[p:], [0.0] * c))
+    return collate(rollouts, pad_id=0)
+
+
+# (prompt, completion) lengths; the last spans a 128-token KV-cache block.
+ROWS = [(3, 5), (10, 1), (1, 20), (6, 9), (140, 12)]
