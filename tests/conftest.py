@@ -47,3 +47,4 @@ def toy_models(tmp_path_factory) -> dict[str, Path]:
         save_pretrained(teacher, tok, root / name)
         paths[name] = root / name
     return paths
+

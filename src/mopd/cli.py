@@ -145,13 +145,24 @@ def reproduce(config: PipelineArg = None, preset: PresetOpt = None, set_: SetOpt
     Cascade RL, off-policy FT, parameter merges) -> the paper's table. Finished stages are cached:
     rerunning resumes after the last one."""
     from mopd.pipeline.reproduce import reproduce as run
+    from mopd.training.interrupt import TrainingInterrupted
 
     cfg = _pipeline(config, preset, set_)
-    text = run(cfg, output_dir)
+    out = Path(output_dir or cfg.output_dir)
+    try:
+        text = run(cfg, output_dir)
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        # Stages are cached as a whole: the finished ones are kept, the interrupted one starts over.
+        again = shlex.join(["mopd", "reproduce", *([str(config)] if config else []),
+                            *(["--preset", preset] if preset else []), *[a for o in set_ or [] for a in ("--set", o)],
+                            "--output-dir", str(out)])
+        console.print(f"[yellow]interrupted[/yellow]; finished stages are kept in {escape(str(out))}\n"
+                      f"continue with: {escape(again)}")
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
     from rich.markdown import Markdown
 
     Console().print(Markdown(text))
-    console.print(f"report: {Path(output_dir or cfg.output_dir) / 'report.md'} (+ report.json, report.png)")
+    console.print(f"report: {out / 'report.md'} (+ report.json, report.png)")
 
 
 @app.command()

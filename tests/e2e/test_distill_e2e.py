@@ -3,15 +3,12 @@ that is good at neither; after a short `mopd distill` the student is closer to e
 (reverse KL down) and better on each domain (held-out accuracy up)."""
 
 import pytest
-import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from typer.testing import CliRunner
 
+from cli_runs import distill_cli
 from conftest import TOY_PARAMS
-from mopd.cli import app
 from mopd.domains.registry import build_domain
 from mopd.eval.evaluate import evaluate_domain
-from mopd.training.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +33,7 @@ def test_two_teacher_distillation_lifts_both_domains(toy_models, tmp_path):
         "optim": {"steps": 300, "lr": 3e-4, "warmup_steps": 5},
         "logging": {"progress": False},
     }
-    path = tmp_path / "mopd.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    result = CliRunner().invoke(app, ["distill", str(path)])
-    assert result.exit_code == 0, result.output
-
-    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    metrics = distill_cli(tmp_path, cfg)
     assert len(metrics) == 300
     for d in ("reversal", "sorting"):
         first = sum(m[f"reverse_kl/{d}"] for m in metrics[:20]) / 20

@@ -40,7 +40,7 @@ def test_flaky_verifier_gives_reward_0_and_the_run_goes_on(tmp_path, caplog):
     run = build_mopd_run(load_config(None, RunConfig, data=data))
     examples = run.sampler.next_batch(4)
     t0 = time.perf_counter()
-    with caplog.at_level(logging.WARNING, "mopd.training.rollouts"):
+    with caplog.at_level(logging.WARNING, "mopd.training"):
         rollouts = collect_rollouts(run.engine, run.tokenizer, examples, run.sampling, run.verifiers,
                                     step_generator(0, 0))
     assert time.perf_counter() - t0 < 5  # not 60 s: the hanging call is abandoned
@@ -55,6 +55,51 @@ def test_safe_reward_without_a_timeout_and_with_system_exit():
     ex = Example(domain="d", prompt="p")
     assert safe_reward(lambda c, e: 0.5, "x", ex, timeout_s=None) == 0.5
     assert safe_reward(lambda c, e: exit(3), "x", ex) == 0.0  # user code calling exit() cannot end the run
+
+
+def _stuck_in_c(pid_file: Path):
+    """A verifier that records its pid and then blocks inside libc, where no Python thread can be stopped."""
+    def verifier(completion, example):
+        import ctypes
+
+        pid_file.write_text(str(os.getpid()))
+        ctypes.CDLL(None).sleep(600)
+        return 1.0
+    return verifier
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_process_isolation_kills_a_verifier_stuck_in_c(tmp_path, caplog):
+    ex = Example(domain="d", prompt="p")
+    pid_file = tmp_path / "pid"
+    t0 = time.perf_counter()
+    with caplog.at_level(logging.WARNING, "mopd.training"):
+        r = safe_reward(_stuck_in_c(pid_file), "x", ex, timeout_s=1.0, isolation="process")
+    assert r == 0.0 and time.perf_counter() - t0 < 10
+    assert "did not finish within 1s" in caplog.text
+    pid = int(pid_file.read_text())
+    assert pid != os.getpid()  # it ran in a child ...
+    assert not _alive(pid)  # ... which is gone: nothing keeps burning a core
+
+
+def test_process_isolation_returns_values_and_survives_crashes(caplog):
+    import ctypes
+
+    ex = Example(domain="d", prompt="p")
+    assert safe_reward(lambda c, e: len(c) / 4, "abc", ex, timeout_s=5, isolation="process") == 0.75
+    with caplog.at_level(logging.WARNING, "mopd.training"):
+        assert safe_reward(lambda c, e: os._exit(7), "x", ex, timeout_s=5, isolation="process") == 0.0
+        assert safe_reward(lambda c, e: ctypes.string_at(0), "x", ex, timeout_s=5, isolation="process") == 0.0
+        assert safe_reward(lambda c, e: 1 / 0, "x", ex, timeout_s=5, isolation="process") == 0.0
+    assert "exit code 7" in caplog.text  # the segfault is reported with its signal's exit code
+    assert "ZeroDivisionError" in caplog.text
 
 
 def test_sandbox_runs_code_in_another_process_with_stdin():

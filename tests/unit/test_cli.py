@@ -93,3 +93,23 @@ def test_distill_writes_model_and_metrics(tmp_path):
                     "reverse_kl/rev", "reverse_kl/add", "entropy/rev", "entropy/add"):
             assert isinstance(m.get(key), float), key
         assert m["tokens_per_s"] > 0
+
+
+def test_interrupted_reproduce_keeps_finished_stages_and_prints_how_to_continue(tmp_path, monkeypatch):
+    import signal
+
+    from mopd.pipeline import methods
+    from mopd.training.interrupt import TrainingInterrupted
+
+    def interrupted_teacher(cfg, doms, domain, start, out):
+        raise TrainingInterrupted(signal.SIGINT, 1, out / "checkpoints" / "step-000001")
+
+    monkeypatch.setattr(methods, "domain_teacher", interrupted_teacher)
+    out = tmp_path / "repro"
+    res = runner.invoke(app, ["reproduce", "--preset", "micro", "--set", "seed=4", "--output-dir", str(out)])
+    text = plain(res.output)
+    assert res.exit_code == 130, text
+    assert "interrupted" in text and f"finished stages are kept in {out}" in text
+    assert f"continue with: mopd reproduce --preset micro --set seed=4 --output-dir {out}" in text
+    assert (out / "sft" / "result.json").is_file()  # the SFT init finished before the interruption
+    assert not (out / "report.md").exists()

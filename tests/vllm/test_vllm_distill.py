@@ -8,14 +8,11 @@ weights reached the engine before the next rollout.
 import math
 
 import pytest
-import yaml
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
-from mopd.cli import app
 from mopd.models.tiny import char_tokenizer, tiny_model
+from cli_runs import distill_cli
 from mopd.rollout.vllm_engine import VLLMRolloutEngine
-from mopd.training.metrics import read_metrics
 from tiny_vllm import OPTS
 
 pytestmark = pytest.mark.vllm
@@ -44,12 +41,7 @@ def test_distill_with_vllm_rollouts_and_teacher(teacher_dir, tmp_path, monkeypat
         "rollout": {"engine": "vllm", **vllm_opts},
         "logging": {"progress": False},
     }
-    path = tmp_path / "mopd.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    result = CliRunner().invoke(app, ["distill", str(path)])
-    assert result.exit_code == 0, result.output
-
-    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    metrics = distill_cli(tmp_path, cfg)
     assert len(metrics) == STEPS
     assert len(pushes) == STEPS + 1  # the initial weights, then one push after each update
     for m in metrics:

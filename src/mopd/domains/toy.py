@@ -97,47 +97,39 @@ class AdditionDomain(ToyDomain):
         return f"add:{a}+{b}=", str(a + b)
 
 
-class ReversalDomain(ToyDomain):
-    """`rev:hello=` -> `olleh`; lowercase words of min_len..max_len letters."""
+class _StringDomain(ToyDomain):
+    """A toy domain over strings of min_len..max_len characters drawn from `alphabet`."""
 
-    def __init__(
-        self,
-        name: str = "reversal",
-        seed: int = 0,
-        n_train: int = 2000,
-        n_eval: int = 200,
-        min_len: int = 3,
-        max_len: int = 6,
-    ) -> None:
+    alphabet = ""
+    default_name = ""
+
+    def __init__(self, name: str | None = None, seed: int = 0, n_train: int = 2000, n_eval: int = 200,
+                 min_len: int = 3, max_len: int = 6) -> None:
+        name = name or self.default_name
         if not 1 <= min_len <= max_len:
             raise ValueError(f"domain {name!r}: need 1 <= min_len <= max_len, got {min_len}, {max_len}")
         self.min_len, self.max_len = min_len, max_len
         super().__init__(name, seed, n_train, n_eval)
 
+    def _string(self, rng: random.Random) -> str:
+        return "".join(rng.choice(self.alphabet) for _ in range(rng.randint(self.min_len, self.max_len)))
+
+
+class ReversalDomain(_StringDomain):
+    """`rev:hello=` -> `olleh`; lowercase words of min_len..max_len letters."""
+
+    alphabet, default_name = string.ascii_lowercase, "reversal"
+
     def _draw(self, rng: random.Random) -> tuple[str, str]:
-        n = rng.randint(self.min_len, self.max_len)
-        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
+        word = self._string(rng)
         return f"rev:{word}=", word[::-1]
 
 
-class SortingDomain(ToyDomain):
+class SortingDomain(_StringDomain):
     """`sort:4132=` -> `1234`; strings of min_len..max_len digits (repeats allowed)."""
 
-    def __init__(
-        self,
-        name: str = "sorting",
-        seed: int = 0,
-        n_train: int = 2000,
-        n_eval: int = 200,
-        min_len: int = 3,
-        max_len: int = 6,
-    ) -> None:
-        if not 1 <= min_len <= max_len:
-            raise ValueError(f"domain {name!r}: need 1 <= min_len <= max_len, got {min_len}, {max_len}")
-        self.min_len, self.max_len = min_len, max_len
-        super().__init__(name, seed, n_train, n_eval)
+    alphabet, default_name = string.digits, "sorting"
 
     def _draw(self, rng: random.Random) -> tuple[str, str]:
-        n = rng.randint(self.min_len, self.max_len)
-        digits = "".join(rng.choice(string.digits) for _ in range(n))
+        digits = self._string(rng)
         return f"sort:{digits}=", "".join(sorted(digits))

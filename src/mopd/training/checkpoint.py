@@ -1,12 +1,14 @@
 """Checkpoints: a Hugging Face model directory plus the trainer state.
 
 Written to a temporary directory and renamed into place, so a crash mid-write never leaves
-a half checkpoint under a real name; `latest_checkpoint` only sees complete ones.
-(A kill is covered; a power cut may also need the files fsynced, which is not done.)
+a half checkpoint under a real name; `latest_checkpoint` only sees complete ones. The files
+and directories are fsynced before and after the rename, so a power cut cannot leave a
+renamed checkpoint whose contents never reached the disk.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -48,14 +50,33 @@ def save_checkpoint(root: str | Path, step: int, model, tokenizer, optimizer, sc
     save_pretrained(model, tokenizer, tmp)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_state(), **extra}, tmp / STATE_FILE)
+    fsync_tree(tmp)
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
+    fsync_dir(root)
     shutil.rmtree(old, ignore_errors=True)
     for stale in list_checkpoints(root)[:-keep]:
         _remove(stale)
     return final
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under `root`, then the directories, to stable storage."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(dirpath))
 
 
 def _remove(path: Path) -> None:
