@@ -19,8 +19,10 @@ from mopd.objectives.mopd import MOPDObjective
 from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.teachers.base import Teacher
 from mopd.teachers.hf_teacher import HFTeacher
+from mopd.teachers.pool import TeacherPool
 from mopd.teachers.remote import RemoteTeacher
 from mopd.teachers.router import TeacherRouter
+from mopd.training.distributed import Accelerated, check_engines
 from mopd.training.loop import OnPolicyRun
 from mopd.training.optim import build_optimizer
 from mopd.training.rollouts import Verifier, eos_ids
@@ -40,12 +42,22 @@ def build_teacher(cfg: TeacherConfig, student, student_tok) -> Teacher:
         return build_vllm_teacher(cfg, student, student_tok)
     assert cfg.model is not None
     tok = load_tokenizer(cfg.model)
-    check_teacher_vocab(cfg.name, student_tok, tok)
     model = load_model(cfg.model, tok)
     vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else None
     s_vocab = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else None
     check_teacher_vocab(cfg.name, student_tok, tok, vocab, s_vocab)
-    return HFTeacher(cfg.name, model)
+    return HFTeacher(cfg.name, model.to(student.device))  # scores where the student runs
+
+
+def build_teachers(cfg: RunConfig, student, student_tok) -> dict[str, Teacher]:
+    """Every teacher; at most `teacher_pool.max_resident` local (hf / self) ones loaded at once."""
+    pool = TeacherPool(cfg.teacher_pool.max_resident)
+    teachers = {}
+    for t in cfg.teachers:
+        if t.kind in ("hf", "self"):
+            pool.make_room()  # offload before loading the next one: memory never holds one more
+        teachers[t.name] = pool.add(build_teacher(t, student, student_tok))
+    return teachers
 
 
 def build_remote_teacher(cfg: TeacherConfig, student_tok) -> RemoteTeacher:
@@ -149,16 +161,21 @@ def context_length(model) -> int | None:
 
 
 def build_mopd_run(cfg: RunConfig, output_dir: str | None = None) -> OnPolicyRun:
+    dist = Accelerated.from_config(cfg.distributed)  # this process's device and rank
+    check_engines(cfg, dist.world)
     student, tok = build_model(cfg.student)
-    teachers = {t.name: build_teacher(t, student, tok) for t in cfg.teachers}
+    student.to(dist.device)  # before the teachers: local ones (and 'self' copies) follow it
+    teachers = build_teachers(cfg, student, tok)
     router = TeacherRouter(teachers, {d.name: d.teacher for d in cfg.domains})
     examples, verifiers = build_domains(cfg, tok, context_length(student))
     sampler = MixtureSampler(examples, {d.name: d.weight for d in cfg.domains}, seed=cfg.seed)
     optimizer, scheduler = build_optimizer(student, cfg.optim)
+    engine = build_engine(cfg, student, tok)
+    model, optimizer, scheduler = dist.prepare(student, optimizer, scheduler)
     return OnPolicyRun(
-        model=student, tokenizer=tok, engine=build_engine(cfg, student, tok),
-        sampler=sampler, objective=MOPDObjective(router, cfg.algorithm), optimizer=optimizer,
-        scheduler=scheduler, sampling=cfg.sampling, optim=cfg.optim,
+        model=model, tokenizer=tok, engine=dist.rollout_engine(engine, model),
+        sampler=dist.shard(sampler, cfg.sampling.prompts_per_step), objective=MOPDObjective(router, cfg.algorithm),
+        optimizer=optimizer, scheduler=scheduler, sampling=cfg.sampling, optim=cfg.optim,
         output_dir=Path(output_dir or cfg.output_dir), checkpoint=cfg.checkpoint, logging=cfg.logging,
-        verifiers=verifiers, seed=cfg.seed, name="mopd", run_config=cfg.model_dump(),
+        verifiers=verifiers, seed=dist.rank_seed(cfg.seed), name="mopd", run_config=cfg.model_dump(), dist=dist,
     )

@@ -173,6 +173,12 @@ class SamplingConfig(Strict):
     max_prompt_tokens: int = Field(256, gt=0)
     # A verifier that hangs on one sample gives it reward 0 after this long; the run goes on.
     verifier_timeout_s: float = Field(30.0, gt=0)
+    # Generate each step's prompts in this many chunks; teachers score a finished chunk while
+    # the next one generates (mopd.training.overlap). 1: generate everything, then score.
+    overlap_chunks: int = Field(1, gt=0)
+    # "thread": a hung verifier is abandoned (cheap; cannot stop one stuck in C code).
+    # "process": each call runs in a forked child that is killed at the timeout.
+    verifier_isolation: Literal["thread", "process"] = "thread"
 
 
 class OptimConfig(Strict):
@@ -202,6 +208,34 @@ class LoggingConfig(Strict):
     progress: bool = True
 
 
+class DistributedConfig(Strict):
+    """Where and how the student trains. The number of processes is the launcher's business
+    (`accelerate launch`, `torchrun`; see docs/distributed.md): this section says what each
+    process runs on, and is passed to `accelerate.Accelerator`."""
+
+    # auto: the GPU when torch sees one, else the CPU; cpu: the CPU even when a GPU is there;
+    # cuda: a GPU, an error if there is none. Each process takes the GPU of its local rank.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Autocast for the student's forward and backward; the weights and optimizer state keep
+    # `student.dtype`. bf16 runs on CPUs and GPUs; fp16 only on GPUs (with a loss scaler).
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+    @model_validator(mode="after")
+    def _fp16_needs_gpu(self) -> "DistributedConfig":
+        if self.device == "cpu" and self.mixed_precision == "fp16":
+            raise ValueError("mixed_precision 'fp16' needs a GPU (accelerate ignores it on a CPU); "
+                             "use 'bf16' or 'no' with device 'cpu'")
+        return self
+
+
+class TeacherPoolConfig(Strict):
+    """Local transformers teachers (kind hf / self) kept loaded at once (mopd.teachers.pool)."""
+
+    # None: all of them. Else the others wait offloaded: in CPU memory when teachers run on a
+    # GPU, on disk (a safetensors snapshot in the temporary directory) when they run on the CPU.
+    max_resident: int | None = Field(None, gt=0)
+
+
 class RunConfig(Strict):
     """A `mopd distill` run."""
 
@@ -216,6 +250,8 @@ class RunConfig(Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    teacher_pool: TeacherPoolConfig = Field(default_factory=TeacherPoolConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @model_validator(mode="after")
     def _routing(self) -> "RunConfig":

@@ -33,6 +33,10 @@ class LossOutput:
 class Objective(Protocol):
     # Top-k width the student forward must gather log-probs for (0: sampled tokens only).
     topk: int
+    # True when a row's signals depend only on that row and its group (MOPD): the batch may then
+    # be scored chunk by chunk, while later chunks generate, and the pieces stacked with
+    # `concat_signals`. False (GRPO: whole-batch token counts): `score` sees the whole batch.
+    rowwise: bool
 
     def score(self, rollouts: list[Rollout], batch: TokenBatch) -> dict[str, torch.Tensor]:
         """Signals with the batch's rows first (teacher log-probs, rewards...)."""
@@ -40,3 +44,17 @@ class Objective(Protocol):
 
     def loss(self, fwd: TokenLogprobs, batch: TokenBatch, signals: dict[str, torch.Tensor],
              totals: Totals) -> LossOutput: ...
+
+
+def concat_signals(parts: list[dict[str, torch.Tensor]], length: int) -> dict[str, torch.Tensor]:
+    """Stack the signals of consecutive chunks of a batch into the batch's signals.
+
+    Per-row tensors ([b]) are concatenated; per-token ones ([b, T_chunk, ...]) are first
+    zero-padded to the batch's `length`, as a whole-batch `score` would have returned them.
+    """
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() < 2:
+            return t
+        return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, length - t.shape[1]))
+
+    return {k: torch.cat([pad(p[k]) for p in parts]) for k in parts[0]}

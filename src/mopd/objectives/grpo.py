@@ -18,6 +18,7 @@ from mopd.rollout.types import Rollout, TokenBatch
 
 class GRPOObjective:
     topk = 0
+    rowwise = False  # dynamic sampling's kept-token count is a whole-batch number
 
     def __init__(self, is_correction: ISCorrection | None = None, dynamic_sampling: bool = True):
         self.is_correction = is_correction

@@ -15,6 +15,8 @@ from mopd.teachers.router import TeacherRouter
 
 
 class MOPDObjective:
+    rowwise = True  # teacher log-probs per row; the outcome term per group (chunks keep groups whole)
+
     def __init__(self, router: TeacherRouter, algo: AlgorithmConfig):
         self.router = router
         self.algo = algo

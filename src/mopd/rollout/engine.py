@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ContextManager, Protocol
 
 import torch
 
@@ -22,3 +23,25 @@ class RolloutEngine(Protocol):
     def sync_weights(self, model) -> None:
         """Make the engine sample from `model`'s current weights (no-op when it shares them)."""
         ...
+
+
+def stop_token_ids(eos_ids: list[int] | int) -> list[int]:
+    """The ids that end a completion (included in it), as a list."""
+    return [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
+
+
+def check_prompts(prompts: list[list[int]]) -> bool:
+    """Whether there is anything to sample; an empty prompt (nothing to condition on) is an error."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("cannot sample from an empty prompt")
+    return bool(prompts)
+
+
+def awake(engine: RolloutEngine) -> ContextManager:
+    """Keep `engine` ready across several `generate` calls (one step's chunks), where it can sleep.
+
+    The vLLM engine frees its memory after each `generate` for the trainer; within a step's
+    chunks that would cost a weight push per chunk. Engines without `awake()` need nothing.
+    """
+    hold = getattr(engine, "awake", None)
+    return hold() if hold is not None else nullcontext()

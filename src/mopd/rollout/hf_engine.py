@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from mopd.rollout.engine import Completion
+from mopd.rollout.engine import Completion, check_prompts, stop_token_ids
 
 
 class HFRolloutEngine:
@@ -19,7 +19,7 @@ class HFRolloutEngine:
     def __init__(self, model, pad_id: int, eos_ids: list[int] | int):
         self.model = model
         self.pad_id = pad_id
-        self.eos_ids = torch.tensor([eos_ids] if isinstance(eos_ids, int) else list(eos_ids))
+        self.eos_ids = torch.tensor(stop_token_ids(eos_ids))
 
     def sync_weights(self, model) -> None:
         self.model = model  # shares the trainer's parameters: nothing to copy
@@ -27,10 +27,8 @@ class HFRolloutEngine:
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
                  generator: torch.Generator | None = None) -> list[Completion]:
-        if not prompts:
+        if not check_prompts(prompts):
             return []
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("cannot sample from an empty prompt")
         model = self.model
         was_training = model.training
         model.eval()
@@ -46,6 +44,11 @@ class HFRolloutEngine:
 
     def _sample(self, prompts, max_new_tokens, temperature, generator):
         device = next(self.model.parameters()).device
+        if generator is not None and generator.device.type != device.type:
+            # multinomial on a GPU needs a generator there: seed one from the (CPU) generator given,
+            # so sampling stays a function of it.
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            generator = torch.Generator(device).manual_seed(seed)
         B, P = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((B, P), self.pad_id, dtype=torch.long)
         attn = torch.zeros((B, P), dtype=torch.long)

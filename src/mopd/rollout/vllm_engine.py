@@ -10,6 +10,10 @@ first load, vLLM replaces its linear parameters by kernel-format ones that have 
 The engine starts from the student's config with dummy weights: the real ones arrive with
 the first push, so a model built in code (or resumed from a checkpoint after the engine
 was built) needs no directory of weights on disk.
+
+vLLM keeps the state of the forward pass in progress in process globals
+(`vllm.forward_context`), so two in-process engines (this one and a `kind: vllm` teacher
+scoring on the overlapped loop's worker thread) must not run at once: both take `VLLM_LOCK`.
 """
 
 from __future__ import annotations
@@ -18,11 +22,15 @@ import copy
 import logging
 import os
 import tempfile
+import threading
+from contextlib import contextmanager
 
 import torch
 
 from mopd.config.schema import VLLMOptions
-from mopd.rollout.engine import Completion
+from mopd.rollout.engine import Completion, check_prompts, stop_token_ids
+
+VLLM_LOCK = threading.RLock()  # one in-process vLLM engine runs at a time (module docstring)
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -59,6 +67,32 @@ def start_llm(model_dir: str, opts: VLLMOptions, dtype: str, seed: int = 0, **kw
     return llm
 
 
+def check_head_dim(config, who: str, supported: list[int] | None = None) -> None:
+    """Fail before vLLM starts when its CPU attention has no kernel for the model's head size.
+
+    vLLM's own error comes from deep inside its engine start-up and names neither the model
+    nor the fix. `supported`: the head sizes of vLLM's CPU attention (asked from vLLM when None;
+    nothing to check when vLLM runs on a GPU).
+    """
+    if supported is None:
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        supported = CPUAttentionBackend.get_supported_head_sizes()
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    if head_dim not in supported:
+        raise ValueError(
+            f"{who}: vLLM's CPU attention has no kernel for head_dim {head_dim} (hidden_size {hidden} / "
+            f"num_attention_heads {heads}); it supports head sizes {supported}. Use a model whose "
+            f"hidden_size / num_attention_heads is one of them (tiny models: num_heads 2 with the default "
+            f"hidden_size 64 gives 32), or the 'hf' rollout engine / teacher kind.")
+
+
 def _reload(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
     # Runs inside vLLM's worker (same process): vLLM's in-place reload of checkpoint-format weights.
     worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
@@ -72,8 +106,9 @@ class VLLMRolloutEngine:
 
         if hasattr(model, "peft_config"):  # its state_dict names are not the base model's
             raise NotImplementedError("rollout.engine 'vllm' cannot take a LoRA (peft) student yet; use 'hf'")
+        check_head_dim(model.config, "the student (rollout.engine: vllm)")
         opts = opts or VLLMOptions()
-        self.eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
+        self.eos_ids = stop_token_ids(eos_ids)
         dtype = opts.dtype or _DTYPE_NAMES[next(model.parameters()).dtype]
         # Sleep mode frees the KV cache (and weights) while the trainer runs. vLLM's CPU
         # worker does not offer it (it only logs a warning), so on a CPU it stays off.
@@ -86,6 +121,7 @@ class VLLMRolloutEngine:
         self.model = model
         self.stale = True  # the engine holds dummy weights until the first push
         self.asleep = False
+        self._held = 0  # open awake() blocks: no sleep between generate() calls inside them
 
     def close(self) -> None:
         """Stop the engine now rather than at garbage collection."""
@@ -99,37 +135,55 @@ class VLLMRolloutEngine:
 
     def _push(self) -> None:
         weights = [(n, t.detach()) for n, t in self.model.state_dict().items()]
-        self.llm.collective_rpc(_reload, args=(weights,))
-        # Cached prefixes hold keys/values computed with the old weights.
-        self.llm.reset_prefix_cache()
+        with VLLM_LOCK:
+            self.llm.collective_rpc(_reload, args=(weights,))
+            # Cached prefixes hold keys/values computed with the old weights.
+            self.llm.reset_prefix_cache()
         self.stale = False
 
+    @contextmanager
+    def awake(self):
+        """Stay awake across the generate() calls of this block (a step's chunks); sleep at its end."""
+        self._held += 1
+        try:
+            yield self
+        finally:
+            self._held -= 1
+            self._sleep_if_idle()
+
+    def _sleep_if_idle(self) -> None:
+        if self.use_sleep and not self._held and not self.asleep:
+            # Level 2 drops the weights too: the next generate() pushes them again anyway.
+            with VLLM_LOCK:
+                self.llm.sleep(level=2)
+            self.asleep, self.stale = True, True
+
     def _wake(self) -> None:
-        if self.asleep:
-            self.llm.wake_up(tags=["weights"])
-        if self.stale:
-            self._push()
-        if self.asleep:
-            self.llm.wake_up(tags=["kv_cache"])
-            self.asleep = False
+        with VLLM_LOCK:
+            if self.asleep:
+                self.llm.wake_up(tags=["weights"])
+            if self.stale:
+                self._push()
+            if self.asleep:
+                self.llm.wake_up(tags=["kv_cache"])
+                self.asleep = False
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
                  generator: torch.Generator | None = None) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if not prompts:
+        if not check_prompts(prompts):
             return []
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("cannot sample from an empty prompt")
         self._wake()
         # One vLLM seed per request, drawn from the caller's generator: a run is reproducible
         # from (seed, step), and a request's sample does not depend on its batch neighbours.
         seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=generator).tolist()
         params = [SamplingParams(temperature=temperature, max_tokens=max_new_tokens, logprobs=0, seed=s,
                                  stop_token_ids=self.eos_ids, detokenize=False) for s in seeds]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
-                                 use_tqdm=False)
+        with VLLM_LOCK:
+            outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                     use_tqdm=False)
         completions = []
         for out in outs:
             c = out.outputs[0]
@@ -138,8 +192,5 @@ class VLLMRolloutEngine:
                 raise RuntimeError(f"vLLM returned {len(c.logprobs or [])} log-probs for {len(ids)} tokens")
             lps = [step[t].logprob for step, t in zip(c.logprobs, ids)]
             completions.append(Completion(ids, lps, finished=c.finish_reason == "stop"))
-        if self.use_sleep:
-            # Level 2 drops the weights too: the next generate() pushes them again anyway.
-            self.llm.sleep(level=2)
-            self.asleep, self.stale = True, True
+        self._sleep_if_idle()
         return completions

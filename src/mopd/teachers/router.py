@@ -1,7 +1,8 @@
 """Static routing: a rollout's domain picks exactly one teacher.
 
 Each teacher scores its share of the batch in one call; the router puts the scores back
-in batch order.
+in batch order. Teachers that are loaded go first, then the others in the order the batch
+needs them, so a pool of bounded memory (mopd.teachers.pool) loads each at most once per call.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ class TeacherRouter:
         lp = torch.zeros((B, T))
         ids = torch.zeros((B, T, topk), dtype=torch.long) if topk else None
         tlp = torch.zeros((B, T, topk)) if topk else None
-        for name, rows in self.shares(batch).items():
+        shares = self.shares(batch)  # in order of first appearance in the batch
+        for name in sorted(shares, key=lambda n: not getattr(self.teachers[n], "resident", True)):
+            rows = shares[name]
             share = batch.select(rows)
             s = self.teachers[name].score(share, topk=topk)
             n = share.input_ids.shape[1]

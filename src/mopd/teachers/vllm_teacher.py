@@ -14,14 +14,22 @@ import torch
 
 from mopd.config.schema import VLLMOptions
 from mopd.rollout.types import TokenBatch
-from mopd.rollout.vllm_engine import start_llm
+from mopd.rollout.vllm_engine import VLLM_LOCK, check_head_dim, start_llm
 from mopd.teachers.base import TeacherError, TeacherScores
 
 
 class VLLMTeacher:
     def __init__(self, name: str, model_dir: str, opts: VLLMOptions | None = None, dtype: str = "float32",
                  seed: int = 0):
+        from transformers import AutoConfig
+
         self.name = name
+        try:
+            config = AutoConfig.from_pretrained(model_dir)
+        except (OSError, ValueError):  # e.g. remote code: vLLM reads it itself, and says what is wrong
+            config = None
+        if config is not None:
+            check_head_dim(config, f"teacher {name!r} ({model_dir})")
         self.llm = start_llm(str(model_dir), opts or VLLMOptions(), dtype, seed)
 
     def close(self) -> None:
@@ -35,7 +43,9 @@ class VLLMTeacher:
         rows = [batch.input_ids[i, :n].tolist() for i, n in enumerate(lens)]
         params = SamplingParams(max_tokens=1, prompt_logprobs=topk, detokenize=False)
         try:
-            outs = self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False)
+            with VLLM_LOCK:  # the rollout engine may be generating on the loop's main thread
+                outs = self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in rows], params,
+                                         use_tqdm=False)
         except Exception as e:  # noqa: BLE001 - any engine failure stops the step, with the teacher's name
             raise TeacherError(f"vLLM teacher {self.name!r} failed to score {len(rows)} sequences: {e!r}") from e
 

@@ -7,6 +7,7 @@ its sampler draws; everything else here is the same for MOPD, GRPO, Mix-RL and C
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +16,17 @@ import torch
 
 from mopd.config.schema import CheckpointConfig, LoggingConfig, OptimConfig, SamplingConfig
 from mopd.data.mixture import MixtureSampler
+from mopd.models.loading import save_pretrained
 from mopd.objectives.base import Objective
 from mopd.rollout.engine import RolloutEngine
-from mopd.rollout.types import collate
 from mopd.teachers.base import TeacherError
 from mopd.training import checkpoint as ckpt
+from mopd.training.distributed import Local
 from mopd.training.interrupt import StopOnSignal, TrainingInterrupted
 from mopd.training.metrics import MetricsLogger, per_domain_means, per_domain_row_means
 from mopd.training.progress import StepProgress
-from mopd.training.rollouts import Verifier, collect_rollouts
+from mopd.training.overlap import sample_and_score
+from mopd.training.rollouts import Verifier
 from mopd.training.update import NonFiniteUpdate, update_step
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class OnPolicyRun:
-    model: torch.nn.Module
+    model: torch.nn.Module  # as prepared by `dist` (a DDP / FSDP2 / DeepSpeed wrapper across processes)
     tokenizer: object
     engine: RolloutEngine
     sampler: MixtureSampler
@@ -44,9 +47,11 @@ class OnPolicyRun:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     verifiers: dict[str, Verifier] = field(default_factory=dict)
-    seed: int = 0
+    seed: int = 0  # this process's sampling seed: `dist.rank_seed` of the config's seed (rank 0: the same)
     name: str = "mopd"
     run_config: dict = field(default_factory=dict)
+    # Device, processes, mixed precision (mopd.training.distributed); default: this process alone.
+    dist: Local = field(default_factory=Local)
     step: int = 0  # steps completed
     skipped_nonfinite: int = 0  # updates skipped for a non-finite loss or gradient, in all
 
@@ -60,10 +65,12 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 def resume_from(run: OnPolicyRun, path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
+    # Every rank reads the same checkpoint (output_dir must be on storage that all ranks see).
     saved = AutoModelForCausalLM.from_pretrained(path, dtype=next(run.model.parameters()).dtype)
-    run.model.load_state_dict(saved.state_dict())
+    run.dist.load_model_state(run.model, saved.state_dict())
     state = ckpt.load_trainer_state(path)
-    run.optimizer.load_state_dict(state["optimizer"])
+    run.dist.load_optimizer_state(run.model, run.optimizer, state["optimizer"])
+    run.dist.load_scaler_state(state.get("grad_scaler"))
     run.scheduler.load_state_dict(state["scheduler"])
     run.sampler.load_state_dict(state["sampler"])
     ckpt.set_rng_state(state["rng"])
@@ -73,10 +80,24 @@ def resume_from(run: OnPolicyRun, path: Path) -> None:
 
 
 def save(run: OnPolicyRun) -> Path:
-    return ckpt.save_checkpoint(run.output_dir / "checkpoints", run.step, run.model, run.tokenizer,
-                                run.optimizer, run.scheduler, {"sampler": run.sampler.state_dict(),
-                                                               "skipped_nonfinite": run.skipped_nonfinite},
-                                keep=run.checkpoint.keep)
+    """Checkpoint: every rank gathers its part of the state, the main process writes, all wait."""
+    model, optimizer = run.dist.saveable(run.model, run.optimizer)
+    extra = {"sampler": run.sampler.state_dict(), "skipped_nonfinite": run.skipped_nonfinite}
+    if (scaler := run.dist.scaler_state()) is not None:
+        extra["grad_scaler"] = scaler
+    root = run.output_dir / "checkpoints"
+    path = ckpt.save_checkpoint(root, run.step, model, run.tokenizer, optimizer, run.scheduler, extra,
+                                keep=run.checkpoint.keep) if run.dist.is_main else None
+    run.dist.barrier()
+    return path or ckpt.latest_checkpoint(root)
+
+
+def save_model(run: OnPolicyRun, directory: Path) -> None:
+    """The trained student as a Hugging Face directory (written by the main process)."""
+    model, _ = run.dist.saveable(run.model, run.optimizer)
+    if run.dist.is_main:
+        save_pretrained(model, run.tokenizer, directory)
+    run.dist.barrier()
 
 
 def train_one_step(run: OnPolicyRun) -> dict[str, float]:
@@ -84,15 +105,12 @@ def train_one_step(run: OnPolicyRun) -> dict[str, float]:
     torch.manual_seed(run.seed * 1_000_003 + run.step)
     t0 = time.perf_counter()
     examples = run.sampler.next_batch(s.prompts_per_step)
-    rollouts = collect_rollouts(run.engine, run.tokenizer, examples, s, run.verifiers,
-                                step_generator(run.seed, run.step))
-    t1 = time.perf_counter()  # sample
-    batch = collate(rollouts, run.tokenizer.pad_token_id, sorted(run.sampler.shares))
-    signals = run.objective.score(rollouts, batch)
-    t2 = time.perf_counter()  # score
+    # Teachers score finished chunks while later ones generate (sampling.overlap_chunks > 1).
+    rollouts, batch, signals, times = sample_and_score(run, examples)
+    t2 = time.perf_counter()  # sample + score
     scalars, tok = update_step(run.model, run.optimizer, run.scheduler, batch, signals, run.objective,
-                               run.optim.grad_accum_steps, run.optim.grad_clip, s.temperature)
-    run.engine.sync_weights(run.model)
+                               run.optim.grad_accum_steps, run.optim.grad_clip, s.temperature, run.dist)
+    run.engine.sync_weights(run.dist.unwrap(run.model))
     t3 = time.perf_counter()  # advantage + update
 
     n_tokens = int(batch.gen_mask.sum())
@@ -103,10 +121,21 @@ def train_one_step(run: OnPolicyRun) -> dict[str, float]:
     m.update(per_domain_row_means(lengths, batch.domain_ids, batch.domains, "length"))
     rewards = torch.tensor([r.reward if r.reward is not None else float("nan") for r in rollouts])
     m.update(per_domain_row_means(rewards, batch.domain_ids, batch.domains, "reward"))
-    m.update({"time/rollout": t1 - t0, "time/teacher": t2 - t1, "time/update": t3 - t2,
+    m.update({**times, "time/update": t3 - t2,
               "tokens_per_s": n_tokens / max(t3 - t0, 1e-9), "completion_tokens": n_tokens,
               "sequences": len(rollouts)})
     return m
+
+
+def after_teacher_failure(run: OnPolicyRun, drawn: dict) -> None:
+    """Nothing of the failed step was applied: put its prompts back and save, so a resumed run
+    redoes exactly this step once the teacher is back."""
+    run.sampler.load_state_dict(drawn)
+    if run.dist.world == 1:
+        log.error("step %d: teacher failed; saved %s", run.step, save(run))
+    else:  # the other ranks are mid-step: a collective save would never complete
+        log.error("step %d: teacher failed on rank %d; --resume continues from the last checkpoint",
+                  run.step, run.dist.rank)
 
 
 class NonFiniteRun(RuntimeError):
@@ -124,17 +153,18 @@ def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = N
     run.output_dir.mkdir(parents=True, exist_ok=True)
     if resume and (path := ckpt.latest_checkpoint(run.output_dir / "checkpoints")) is not None:
         resume_from(run, path)
-    logger = MetricsLogger(run.output_dir, run.logging, run.run_config)
+    main = run.dist.is_main  # metrics and progress come from the main process alone
+    logger = MetricsLogger(run.output_dir, run.logging, run.run_config) if main else None
     last: dict[str, float] = {}
     bad_in_a_row, limit = 0, run.optim.max_nonfinite_in_a_row
     try:
-        with StepProgress(run.name, run.optim.steps, run.step, enabled=run.logging.progress) as bar, \
+        with StepProgress(run.name, run.optim.steps, run.step, enabled=run.logging.progress and main) as bar, \
                 StopOnSignal() as stop:
             end = min(run.optim.steps, stop_at or run.optim.steps)
             while run.step < end:
                 drawn = run.sampler.state_dict()
                 try:
-                    last = train_one_step(run)
+                    last = run.dist.mean_metrics(train_one_step(run))  # over all ranks
                     bad_in_a_row = 0
                 except NonFiniteUpdate as e:
                     bad_in_a_row += 1
@@ -148,24 +178,24 @@ def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = N
                             f"{limit}), last: {e}; lower optim.lr, set optim.grad_clip, or check the "
                             "teachers' log-probs") from e
                 except TeacherError:
-                    # Nothing of the failed step was applied: put its prompts back and save, so a
-                    # resumed run redoes exactly this step once the teacher is back.
-                    run.sampler.load_state_dict(drawn)
-                    log.error("step %d: teacher failed; saved %s", run.step, save(run))
+                    after_teacher_failure(run, drawn)
                     raise
                 last["skipped_nonfinite"] = float(run.skipped_nonfinite)
                 run.step += 1
-                if run.step % run.logging.every == 0 or run.step == run.optim.steps:
+                if logger and (run.step % run.logging.every == 0 or run.step == run.optim.steps):
                     logger.log(run.step, last)
                 bar.advance(last)
                 saved = run.checkpoint.every and run.step % run.checkpoint.every == 0
                 if saved:
                     save(run)
-                if stop.signum is not None and run.step < run.optim.steps:  # a finished run just ends
-                    raise TrainingInterrupted(stop.signum, run.step, ckpt.latest_checkpoint(
+                # Ranks may see the signal at different steps: all stop at the first one that does.
+                # A finished run just ends.
+                if run.dist.any(stop.signum is not None) and run.step < run.optim.steps:
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, run.step, ckpt.latest_checkpoint(
                         run.output_dir / "checkpoints") if saved else save(run))
         if not (run.checkpoint.every and run.step % run.checkpoint.every == 0):
             save(run)
     finally:
-        logger.close()
+        if logger:
+            logger.close()
     return last

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from mopd.algorithms.logprobs import token_logprobs
 from mopd.objectives.base import Objective, Totals
 from mopd.rollout.types import TokenBatch
+from mopd.training.distributed import Local
 
 
 class NonFiniteUpdate(RuntimeError):
@@ -21,38 +23,61 @@ def micro_batches(batch: TokenBatch, n: int) -> list[torch.Tensor]:
     return [rows for rows in torch.tensor_split(order, min(n, batch.size)) if len(rows)]
 
 
+def on_device(batch: TokenBatch, device: torch.device) -> TokenBatch:
+    """The micro-batch where the model is: the loss mixes its tensors with the forward's."""
+    moved = {f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)
+             if isinstance(getattr(batch, f.name), torch.Tensor)}
+    return dataclasses.replace(batch, **moved)
+
+
 def update_step(model, optimizer, scheduler, batch: TokenBatch, signals: dict[str, torch.Tensor],
                 objective: Objective, grad_accum_steps: int, grad_clip: float | None,
-                temperature: float = 1.0) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+                temperature: float = 1.0, dist: Local | None = None
+                ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Forward/backward every micro-batch, clip, step. Returns scalars and per-token diagnostics.
 
-    A non-finite loss or gradient norm skips the optimiser step (the gradients are dropped)
-    and raises NonFiniteUpdate for the loop to count.
+    `dist` (default: this process alone, plain torch) runs the backward, the gradient sync at
+    the last micro-batch, clipping and mixed precision (mopd.training.distributed).
+    A non-finite loss (on any rank) or gradient norm skips the optimiser step (the gradients
+    are dropped) and raises NonFiniteUpdate for the loop to count; every rank decides alike.
+    With fp16's loss scaler an overflowing gradient is the scaler's business instead: it skips
+    that update and lowers its scale (`fp16_overflow` in the scalars).
     """
+    dist = dist or Local()
     model.train()
+    trainable = dist.trainable(model)
     device = next(model.parameters()).device
     totals = Totals(num_sequences=batch.size, num_tokens=int(batch.gen_mask.sum()))
     B, T = batch.input_ids.shape
     token_metrics: dict[str, torch.Tensor] = {}
     loss_total = 0.0
     optimizer.zero_grad(set_to_none=True)
-    for rows in micro_batches(batch, grad_accum_steps):
-        mb = batch.select(rows)
-        sig = {k: v[rows][:, : mb.input_ids.shape[1]] if v.dim() > 1 else v[rows] for k, v in signals.items()}
-        fwd = token_logprobs(model, mb.input_ids.to(device), mb.attention_mask.to(device),
-                             mb.gen_mask.to(device), temperature=temperature, with_entropy=True,
-                             targets=sig["topk_ids"].to(device) if objective.topk else None)
-        out = objective.loss(fwd, mb, sig, totals)
-        out.loss.backward()
+    parts = micro_batches(batch, grad_accum_steps)
+    for i, rows in enumerate(parts):
+        mb = on_device(batch.select(rows), device)
+        sig = {k: (v[rows][:, : mb.input_ids.shape[1]] if v.dim() > 1 else v[rows]).to(device)
+               for k, v in signals.items()}
+        with dist.micro_batch(model, last=i == len(parts) - 1):
+            with dist.autocast():
+                fwd = token_logprobs(trainable, mb.input_ids, mb.attention_mask, mb.gen_mask,
+                                     temperature=temperature, with_entropy=True,
+                                     targets=sig["topk_ids"] if objective.topk else None)
+                out = objective.loss(fwd, mb, sig, totals)
+            dist.backward(out.loss)
         loss_total += float(out.loss.detach())
         for k, v in out.token_metrics.items():
             full = token_metrics.setdefault(k, torch.zeros((B, T)))
             full[rows, : v.shape[1]] = v.detach().float().cpu()
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf")))
-    if not (math.isfinite(loss_total) and math.isfinite(grad_norm)):
+    grad_norm = dist.clip_grad_norm(model, grad_clip)  # None: DeepSpeed clips inside its own step
+    loss_ok, grad_ok = dist.all_finite(loss_total), grad_norm is None or math.isfinite(grad_norm)
+    scalars = {"loss": loss_total, "grad_norm": float("nan") if grad_norm is None else grad_norm}
+    if loss_ok and not grad_ok and dist.has_loss_scaler:
+        optimizer.step()  # the scaler sees the inf gradients: it skips the update, lowers its scale
+        optimizer.zero_grad(set_to_none=True)
+        return {**scalars, "lr": scheduler.get_last_lr()[0], "fp16_overflow": 1.0}, token_metrics
+    if not (loss_ok and grad_ok):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteUpdate(f"loss {loss_total}, grad norm {grad_norm}")
     optimizer.step()
     scheduler.step()
-    return {"loss": loss_total, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}, token_metrics
+    return {**scalars, "lr": scheduler.get_last_lr()[0]}, token_metrics

@@ -1,0 +1,324 @@
+"""Devices and processes: the same training step on a CPU, one GPU, or many processes.
+
+`Local` is one process with the model where it is and plain torch calls (the pipeline's
+stages, `mopd check`). `Accelerated` routes the same calls through an `accelerate.Accelerator`
+built from the config's `distributed` section, so DDP, FSDP2 and DeepSpeed ZeRO-2 are a
+launcher choice (`accelerate launch --config_file ...`, see docs/distributed.md). In a single
+process it computes bit for bit what `Local` computes.
+
+How a step is split across ranks:
+- prompts: every rank draws the same global batch of `sampling.prompts_per_step` prompts from
+  the same seeded mixture and keeps every world-th one (`RankShard`). Ranks sample different
+  prompts, the mixture holds over the whole batch, and the sampler state is the same on every
+  rank, so the one that rank 0 checkpoints resumes them all;
+- sampling randomness: rank r seeds its generators with `rank_seed(seed)`, a function of
+  (seed, rank), and the loop adds the step, so a resumed run draws what it drew before;
+- gradients: each rank's loss is normalised over its own rows; DDP / FSDP2 / DeepSpeed average
+  the gradients at the last micro-batch, which with equal shares is the whole batch's mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from types import SimpleNamespace
+
+import torch
+
+from mopd.config.schema import DistributedConfig
+
+# Metrics that add up over ranks; every other one is averaged.
+SUMMED_METRICS = ("completion_tokens", "sequences", "tokens_per_s")
+
+
+class Local:
+    """One process, no accelerate: the model stays where it is (`device` is only a default)."""
+
+    rank, world, is_main = 0, 1, True
+    device = torch.device("cpu")
+    has_loss_scaler = False
+
+    def prepare(self, model, optimizer, scheduler):
+        return model, optimizer, scheduler
+
+    def unwrap(self, model):
+        return model
+
+    def trainable(self, model):
+        """What the training forward runs (an adapter when the model is wrapped for several ranks)."""
+        return model
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def micro_batch(self, model, last: bool):
+        """Context of one micro-batch's forward and backward; only the last one syncs gradients."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip_grad_norm(self, model, max_norm: float | None) -> float | None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf")))
+
+    def all_finite(self, value: float) -> bool:
+        return math.isfinite(value)
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        return metrics
+
+    def barrier(self) -> None: ...
+
+    def rank_seed(self, seed: int) -> int:
+        return seed + self.rank * 1_000_003  # rank 0 keeps the config's seed
+
+    def shard(self, sampler, prompts_per_step: int):
+        return sampler
+
+    def rollout_engine(self, engine, model):
+        return engine
+
+    def saveable(self, model, optimizer):
+        """(model, optimizer) whose `save_pretrained` / `state_dict` write the whole state."""
+        return model, optimizer
+
+    def load_model_state(self, model, state: dict) -> None:
+        model.load_state_dict(state)
+
+    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        optimizer.load_state_dict(state)
+
+    def scaler_state(self) -> dict | None:
+        return None
+
+    def load_scaler_state(self, state: dict | None) -> None: ...
+
+
+class Accelerated(Local):
+    """One process of a run launched by accelerate / torchrun (or started alone)."""
+
+    def __init__(self, accelerator):
+        from accelerate.utils import DistributedType
+
+        self.acc = accelerator
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.is_main = accelerator.is_main_process
+        self.device = accelerator.device
+        self.has_loss_scaler = accelerator.scaler is not None
+        self.kind = accelerator.distributed_type
+        self.deepspeed = self.kind == DistributedType.DEEPSPEED
+        self.fsdp2 = bool(accelerator.is_fsdp2)
+        if self.kind == DistributedType.FSDP and not self.fsdp2:
+            raise ValueError("FSDP1 is not supported: set fsdp_version: 2 in the accelerate config "
+                             "(examples/accelerate/fsdp2.yaml)")
+        self.wrapped = self.kind != DistributedType.NO
+
+    @classmethod
+    def from_config(cls, cfg: DistributedConfig) -> "Accelerated":
+        return cls(build_accelerator(cfg))
+
+    def prepare(self, model, optimizer, scheduler):
+        if self.deepspeed:
+            plugin = self.acc.state.deepspeed_plugin
+            if plugin.zero_stage >= 3:
+                raise ValueError("DeepSpeed ZeRO-3 shards the parameters the rollouts sample from; use ZeRO-2 "
+                                 "(examples/accelerate/zero2.yaml) or FSDP2 (examples/accelerate/fsdp2.yaml)")
+            if plugin.is_auto("train_micro_batch_size_per_gpu"):
+                # mopd feeds its own micro-batches; DeepSpeed only uses this number in its logs.
+                plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+        return self.acc.prepare(model, optimizer, scheduler)
+
+    def unwrap(self, model):
+        return self.acc.unwrap_model(model)
+
+    def trainable(self, model):
+        if not self.wrapped:
+            return model
+        # FSDP2 frees gathered parameters on its own schedule: its output head must run inside
+        # the forward (full logits, memory batch x length x vocab per micro-batch).
+        return ThroughWrapper(model, self.unwrap(model), head_outside=not self.fsdp2)
+
+    def autocast(self):
+        return self.acc.autocast()
+
+    @contextlib.contextmanager
+    def micro_batch(self, model, last: bool):
+        if last:
+            yield
+            return
+        with self.acc.no_sync(model):
+            if self.deepspeed:  # DeepSpeed steps at its accumulation boundary: only after the last one
+                self.acc.gradient_state._set_sync_gradients(False)
+            try:
+                yield
+            finally:
+                if self.deepspeed:
+                    self.acc.gradient_state._set_sync_gradients(True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.acc.backward(loss)
+
+    def clip_grad_norm(self, model, max_norm: float | None) -> float | None:
+        norm = self.acc.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf"))
+        return None if norm is None else float(norm)  # None: DeepSpeed clips inside its own step
+
+    def all_finite(self, value: float) -> bool:
+        total = self.acc.reduce(torch.tensor([value], dtype=torch.float64, device=self.device), "sum")
+        return math.isfinite(float(total))
+
+    def any(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        return float(self.acc.reduce(torch.tensor([float(flag)], device=self.device), "sum")) > 0
+
+    def mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.world == 1:
+            return metrics
+        from accelerate.utils import gather_object
+
+        return combine_metrics(gather_object([metrics]))
+
+    def barrier(self) -> None:
+        self.acc.wait_for_everyone()
+
+    def shard(self, sampler, prompts_per_step: int):
+        if self.world == 1:
+            return sampler
+        if prompts_per_step % self.world:
+            raise ValueError(f"sampling.prompts_per_step={prompts_per_step} must be a multiple of the "
+                             f"number of processes ({self.world}), so every rank trains on as many rows")
+        return RankShard(sampler, self.rank, self.world)
+
+    def rollout_engine(self, engine, model):
+        if not self.fsdp2:
+            return engine
+        from mopd.training.fsdp import GatheredRollouts
+
+        return GatheredRollouts(engine, model, self.acc.state.fsdp_plugin.reshard_after_forward is not False)
+
+    def saveable(self, model, optimizer):
+        if not self.fsdp2:
+            return self.unwrap(model), optimizer
+        from mopd.training import fsdp
+
+        return fsdp.full_model(self.acc, model), fsdp.full_optimizer(model, optimizer)
+
+    def load_model_state(self, model, state: dict) -> None:
+        if self.fsdp2:
+            from mopd.training import fsdp
+
+            return fsdp.load_full_model(model, state)
+        self.unwrap(model).load_state_dict(state)
+
+    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        if self.fsdp2:
+            from mopd.training import fsdp
+
+            return fsdp.load_full_optimizer(model, optimizer, state)
+        optimizer.load_state_dict(state)
+
+    def scaler_state(self) -> dict | None:
+        return self.acc.scaler.state_dict() if self.acc.scaler is not None else None
+
+    def load_scaler_state(self, state: dict | None) -> None:
+        if state is not None and self.acc.scaler is not None:
+            self.acc.scaler.load_state_dict(state)
+
+
+def check_engines(cfg, world: int) -> None:
+    """vLLM engines inside the training process are built for one process: refused across several."""
+    if world > 1 and (cfg.rollout.engine == "vllm" or any(t.kind == "vllm" for t in cfg.teachers)):
+        raise ValueError(f"rollout.engine 'vllm' and teachers of kind 'vllm' run inside a single training "
+                         f"process; with {world} processes use rollout.engine 'hf' and teachers of kind 'hf' "
+                         "or 'remote' (a vLLM server, see docs/distributed.md)")
+
+
+def build_accelerator(cfg: DistributedConfig):
+    """An Accelerator for `cfg`; the launcher (its env vars) decides processes, DDP / FSDP / DeepSpeed."""
+    from accelerate import Accelerator
+
+    has_cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not has_cuda:
+        raise ValueError("distributed.device is 'cuda' but torch sees no GPU "
+                         "(torch.cuda.is_available() is False); use 'auto' or 'cpu'")
+    cpu = cfg.device == "cpu" or not has_cuda
+    if cpu and cfg.mixed_precision == "fp16":
+        raise ValueError("distributed.mixed_precision 'fp16' needs a GPU and none is used here; "
+                         "use 'bf16' or 'no'")
+    _fresh_state_if_alone(cpu, cfg.mixed_precision)
+    # The scheduler steps once per optimizer step: prompts_per_step is already the global batch.
+    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
+
+
+def _fresh_state_if_alone(cpu: bool, mixed_precision: str) -> None:
+    """accelerate keeps one state per process and refuses (or ignores) other settings later. A
+    single process that builds runs with other settings (tests, notebooks) gets a fresh state;
+    a launched process keeps its own, which holds the process group."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if not state or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if state.get("_mixed_precision") != mixed_precision or (state["device"].type == "cpu") != cpu:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def combine_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """Sum the counts, average the rest over the ranks that reported each key (a per-domain
+    metric only exists on the ranks that sampled that domain)."""
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for m in per_rank for k in m):
+        values = [m[key] for m in per_rank if key in m]
+        out[key] = float(sum(values)) if key in SUMMED_METRICS else float(sum(values) / len(values))
+    return out
+
+
+class RankShard:
+    """This rank's share of every global batch: rows rank, rank + world, ... of the same draw.
+
+    The mixture sampler returns a batch grouped by domain, so the strided slice gives every rank
+    the same mix. Everything else (state, shares) is the shared sampler's.
+    """
+
+    def __init__(self, sampler, rank: int, world: int):
+        self.sampler, self.rank, self.world = sampler, rank, world
+
+    def next_batch(self, n: int):
+        return self.sampler.next_batch(n)[self.rank::self.world]
+
+    def __getattr__(self, name):
+        return getattr(self.sampler, name)
+
+
+class ThroughWrapper:
+    """A wrapped model (DDP, FSDP2, DeepSpeed) seen by `token_logprobs` as a trunk and a head.
+
+    The trunk call runs the wrapper's own forward, where gradient synchronisation and parameter
+    gathering are hooked, and hands back the final hidden state; the head then turns it into
+    log-probs a chunk of positions at a time, so memory does not grow with batch x length x vocab.
+    With `head_outside=False` there is no separate head: `token_logprobs` takes the full logits
+    of the wrapper's forward.
+    """
+
+    def __init__(self, wrapped, inner, head_outside: bool = True):
+        self.wrapped, self.inner, self.head_outside = wrapped, inner, head_outside
+        self.config = inner.config
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings() if self.head_outside else None
+
+    def get_decoder(self):
+        return self._trunk
+
+    def _trunk(self, input_ids, attention_mask):
+        # logits_to_keep=1: the head inside the forward runs on one position, not all of them.
+        out = self.wrapped(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                           logits_to_keep=1, use_cache=False)
+        return SimpleNamespace(last_hidden_state=out.hidden_states[-1])
+
+    def __call__(self, input_ids, attention_mask):  # models without a separable head
+        return self.wrapped(input_ids=input_ids, attention_mask=attention_mask)
