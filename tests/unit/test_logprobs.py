@@ -71,3 +71,26 @@ def test_topk_targets_and_entropy_match_plain():
         got = token_logprobs(model, ids, attn, pos, targets=targets).target_logprobs
     want = logp.gather(-1, targets[:, 1:])
     torch.testing.assert_close(got[:, 1:][sel], want[sel], atol=1e-5, rtol=1e-5)
+
+
+def test_with_grad_one_head_pass_gives_entropy_targets_and_their_gradients():
+    # The training path: entropy comes from the same checkpointed head pass as the log-probs.
+    model, ids, attn, pos = setup(4)
+    targets = torch.randint(0, model.config.vocab_size, (*ids.shape, 3))
+    w, w_t = torch.randn(ids.shape), torch.randn((*ids.shape, 3))
+    out = token_logprobs(model, ids, attn, pos, targets=targets, with_entropy=True, chunk_size=4,
+                         temperature=0.8)
+    assert out.entropy is not None and not out.entropy.requires_grad
+    ((out.logprobs * w).sum() + (out.target_logprobs * w_t).sum()).backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ref, logp = plain(model, ids, attn, pos, temperature=0.8)
+    sel = pos[:, 1:]
+    ref_t = torch.zeros((*ids.shape, 3))
+    ref_t[:, 1:] = logp.gather(-1, targets[:, 1:]) * sel[..., None]
+    ((ref * w).sum() + (ref_t * w_t).sum()).backward()
+    ent = -(logp.exp() * logp).sum(-1)
+    torch.testing.assert_close(out.entropy[:, 1:][sel], ent[sel].detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.logprobs, ref.detach(), atol=1e-5, rtol=1e-5)
+    for a, b in zip(got, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

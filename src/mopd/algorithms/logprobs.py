@@ -4,7 +4,9 @@ The model's trunk runs once; the output head and log-softmax run only on the pos
 predict generated tokens, a chunk of positions at a time. Peak memory then grows with
 chunk x vocab instead of batch x length x vocab. With gradients on, each chunk is
 recomputed in the backward pass (activation checkpointing) so the chunks' softmax outputs
-are not all kept alive.
+are not all kept alive. Entropy and top-k come from the same pass of the head as the
+log-probs (detached), so the training step runs the head once forward and once again in
+backward per chunk.
 """
 
 from __future__ import annotations
@@ -38,14 +40,18 @@ def _head_and_trunk(model):
 
 
 def _chunk_stats(head, hidden, tokens, targets, temperature, topk, want_entropy):
+    """One chunk of positions: log-probs of `tokens` (and of `targets`), plus the detached
+    entropy and top-k, all from one pass of the output head."""
     logits = head(hidden).float()
     if temperature != 1.0:
         logits = logits / temperature
     logp = F.log_softmax(logits, dim=-1)
-    out = [logp.gather(-1, tokens[:, None]).squeeze(-1)]
-    if targets is not None:
-        out.append(logp.gather(-1, targets))
-    return out, logp
+    picked = logp.gather(-1, tokens[:, None]).squeeze(-1)
+    tgt = logp.gather(-1, targets) if targets is not None else None
+    with torch.no_grad():  # diagnostics and teacher signals: no gradient, nothing saved for backward
+        ent = -logp.exp().mul_(logp).sum(-1) if want_entropy else None
+        top = logp.topk(topk, dim=-1) if topk else None
+    return picked, tgt, ent, top.values if top is not None else None, top.indices if top is not None else None
 
 
 def token_logprobs(
@@ -82,25 +88,16 @@ def token_logprobs(
     for s in range(0, tokens.shape[0], chunk_size):
         h, tok = hidden[s:s + chunk_size], tokens[s:s + chunk_size]
         tg = tgt[s:s + chunk_size] if tgt is not None else None
+        args = (head, h, tok, tg, temperature, topk, with_entropy)
         if torch.is_grad_enabled() and h.requires_grad:
             # Recompute this chunk's logits in backward instead of storing them.
-            fn = lambda h_, tok_, tg_: _chunk_stats(head, h_, tok_, tg_, temperature, 0, False)[0]  # noqa: E731
-            outs = checkpoint(fn, h, tok, tg, use_reentrant=False)
-            with torch.no_grad():
-                logp = None
-                if with_entropy or topk:
-                    _, logp = _chunk_stats(head, h.detach(), tok, None, temperature, 0, False)
+            picked, t_lp, ent, top_v, top_i = checkpoint(_chunk_stats, *args, use_reentrant=False)
         else:
-            outs, logp = _chunk_stats(head, h, tok, tg, temperature, topk, with_entropy)
-        lps.append(outs[0])
-        if tg is not None:
-            tgts.append(outs[1])
-        if logp is not None and with_entropy:
-            ents.append(-(logp.exp() * logp).sum(-1).detach())
-        if logp is not None and topk:
-            v, i = logp.topk(topk, dim=-1)
-            tk_lps.append(v.detach())
-            tk_ids.append(i)
+            picked, t_lp, ent, top_v, top_i = _chunk_stats(*args)
+        lps.append(picked)
+        for parts, x in ((tgts, t_lp), (ents, ent), (tk_lps, top_v), (tk_ids, top_i)):
+            if x is not None:
+                parts.append(x)
 
     def scatter(parts, trailing=(), dtype=torch.float32):
         full = torch.zeros((B, T, *trailing), dtype=parts[0].dtype if parts else dtype, device=dev)

