@@ -61,10 +61,9 @@ def distill(
 ) -> None:
     """Distill the domain teachers into the student on its own rollouts (MOPD)."""
     from mopd.build import build_mopd_run
-    from mopd.models.loading import save_pretrained
     from mopd.teachers.base import TeacherError
     from mopd.training.interrupt import TrainingInterrupted
-    from mopd.training.loop import NonFiniteRun, run_onpolicy
+    from mopd.training.loop import NonFiniteRun, run_onpolicy, save_model
 
     cfg = _load(config, set_)
     try:
@@ -83,7 +82,9 @@ def distill(
         console.print(f"[red]error:[/red] {escape(str(e))}\nafter fixing it, continue with: {escape(again)}")
         raise typer.Exit(1) from None
     final = run.output_dir / "final"
-    save_pretrained(run.model, run.tokenizer, final)
+    save_model(run, final)
+    if not run.dist.is_main:  # under `accelerate launch`, one report is enough
+        return
     _print_metrics(last)
     console.print(f"student saved to [bold]{final}[/bold]; metrics in {run.output_dir / 'metrics.jsonl'}")
 
@@ -134,7 +135,8 @@ def _pipeline(config: Optional[Path], preset: Optional[str], overrides: list[str
 
 
 PipelineArg = Annotated[Optional[Path], typer.Argument(help="Pipeline YAML (see examples/); or use --preset.")]
-PresetOpt = Annotated[Optional[str], typer.Option(help="Built-in pipeline: tiny (the demo) or micro (smoke test).")]
+PresetOpt = Annotated[Optional[str], typer.Option(
+    help="Built-in pipeline: tiny (the demo), micro (smoke test) or smollm2 (a real model, ~1 h on a CPU).")]
 OutOpt = Annotated[Optional[str], typer.Option(help="Override output_dir.")]
 
 

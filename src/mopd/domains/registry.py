@@ -1,6 +1,6 @@
 """Domain lookup: a config names each domain and its kind, this turns that into a Domain.
 
-kind is a built-in name (`addition`, `reversal`, `sorting`, `math`) or
+kind is a built-in name (`addition`, `reversal`, `sorting`, `math`, `arithmetic`, `capitals`) or
 `python:/path/to/file.py[:attr]` for user code (see `mopd.domains.user`).
 """
 
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mopd.domains.base import Domain
+from mopd.domains.chat import ArithmeticDomain, CapitalsDomain
 from mopd.domains.math import MathDomain
 from mopd.domains.toy import AdditionDomain, ReversalDomain, SortingDomain
 from mopd.domains.user import load_user_domain
@@ -20,6 +21,8 @@ BUILTIN_DOMAINS: dict[str, Callable[..., Domain]] = {
     "reversal": ReversalDomain,
     "sorting": SortingDomain,
     "math": MathDomain,
+    "arithmetic": ArithmeticDomain,
+    "capitals": CapitalsDomain,
 }
 
 PYTHON_PREFIX = "python:"

