@@ -17,7 +17,7 @@ import re
 
 from mopd.domains.base import Example
 from mopd.domains.math import _ITEMS, _PEOPLE, _TEMPLATES, MathDomain, extract_answer, math_reward
-from mopd.domains.toy import draw_unique_pairs
+from mopd.domains.splits import SeededSplits
 
 
 class ArithmeticDomain(MathDomain):
@@ -79,7 +79,7 @@ _CAPS_TEMPLATES = (
 _WORD = re.compile(r"[A-Za-z]+")
 
 
-class CapitalsDomain:
+class CapitalsDomain(SeededSplits):
     """`Rewrite in capital letters: red old boat` -> `RED OLD BOAT`.
 
     Reward 1 when the completion's words are exactly the phrase's words in capitals, in
@@ -92,10 +92,7 @@ class CapitalsDomain:
             raise ValueError(f"domain {name!r}: need 1 <= min_words <= max_words, got {min_words}, {max_words}")
         self.name, self.seed = name, seed
         self.min_words, self.max_words = min_words, max_words
-        pairs = draw_unique_pairs(self._draw, seed, n_eval + n_train, f"domain {name!r}")
-        # Eval first, as in every built-in domain: a seed's eval split ignores n_train.
-        self._eval = [self._example(q, a) for q, a in pairs[:n_eval]]
-        self._train = [self._example(q, a) for q, a in pairs[n_eval:]]
+        self._make_splits(seed, n_train, n_eval)
 
     def _draw(self, rng: random.Random) -> tuple[str, str]:
         words = rng.sample(_WORDS, rng.randint(self.min_words, self.max_words))
@@ -104,12 +101,6 @@ class CapitalsDomain:
 
     def _example(self, question: str, answer: str) -> Example:
         return Example(domain=self.name, messages=({"role": "user", "content": question},), answer=answer)
-
-    def train_examples(self) -> list[Example]:
-        return list(self._train)
-
-    def eval_examples(self) -> list[Example]:
-        return list(self._eval)
 
     def reward(self, completion: str, example: Example) -> float:
         if not isinstance(completion, str) or example.answer is None:

@@ -15,7 +15,7 @@ import threading
 from math_verify import parse, verify
 
 from mopd.domains.base import Example
-from mopd.domains.toy import draw_unique_pairs
+from mopd.domains.splits import SeededSplits
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ _PEOPLE = (("Tom", "he"), ("Anna", "she"), ("Ravi", "he"), ("Mei", "she"), ("Oma
 _ITEMS = ("apples", "pencils", "marbles", "cookies", "books", "stickers", "coins", "cards")
 
 
-class MathDomain:
+class MathDomain(SeededSplits):
     """Arithmetic word problems as single-turn chat prompts, scored by `math_reward`."""
 
     def __init__(
@@ -110,10 +110,7 @@ class MathDomain:
         self.name = name
         self.seed = seed
         self.max_value, self.max_factor = max_value, max_factor
-        pairs = draw_unique_pairs(self._draw, seed, n_eval + n_train, f"domain {name!r}")
-        # Eval first, as in the toy domains: the eval split of a seed ignores n_train.
-        self._eval = [self._example(q, a) for q, a in pairs[:n_eval]]
-        self._train = [self._example(q, a) for q, a in pairs[n_eval:]]
+        self._make_splits(seed, n_train, n_eval)
 
     def _draw(self, rng: random.Random) -> tuple[str, str]:
         template, op = rng.choice(_TEMPLATES)
@@ -132,12 +129,6 @@ class MathDomain:
     def _example(self, question: str, answer: str) -> Example:
         turn = {"role": "user", "content": f"{question} {INSTRUCTION}"}
         return Example(domain=self.name, messages=(turn,), answer=answer)
-
-    def train_examples(self) -> list[Example]:
-        return list(self._train)
-
-    def eval_examples(self) -> list[Example]:
-        return list(self._eval)
 
     def reward(self, completion: str, example: Example) -> float:
         if example.answer is None:

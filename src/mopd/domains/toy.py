@@ -9,40 +9,13 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Callable
 
 from mopd.domains.base import Example
+from mopd.domains.splits import SeededSplits
 
 
-def draw_unique_pairs(
-    draw: Callable[[random.Random], tuple[str, str]], seed: int, n: int, what: str
-) -> list[tuple[str, str]]:
-    """`n` (prompt, answer) pairs with distinct prompts, fixed for a given seed.
-
-    Callers take the first slice as eval and the rest as train: deduping across both is what
-    keeps the splits disjoint (no eval prompt is ever trained on).
-    """
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    pairs: list[tuple[str, str]] = []
-    # A generous cap on attempts turns "the space is too small" into an error, not a hang.
-    for _ in range(max(1000, 50 * n)):
-        if len(pairs) == n:
-            break
-        prompt, answer = draw(rng)
-        if prompt not in seen:
-            seen.add(prompt)
-            pairs.append((prompt, answer))
-    if len(pairs) < n:
-        raise ValueError(
-            f"{what}: could only find {len(pairs)} distinct prompts, {n} requested "
-            "(n_train + n_eval); lower them or widen the size parameters"
-        )
-    return pairs
-
-
-class ToyDomain:
-    """Shared split logic and exact-match verifier; subclasses only say how to draw one item."""
+class ToyDomain(SeededSplits):
+    """Exact-match verifier over seeded splits; subclasses only say how to draw one item."""
 
     name: str
 
@@ -53,19 +26,7 @@ class ToyDomain:
         self.seed = seed
         self.n_train = n_train
         self.n_eval = n_eval
-        pairs = draw_unique_pairs(self._draw, seed, n_eval + n_train, f"domain {name!r}")
-        # Eval first: the eval split of a seed does not move when n_train changes.
-        self._eval = [Example(domain=name, prompt=p, answer=a) for p, a in pairs[:n_eval]]
-        self._train = [Example(domain=name, prompt=p, answer=a) for p, a in pairs[n_eval:]]
-
-    def _draw(self, rng: random.Random) -> tuple[str, str]:
-        raise NotImplementedError
-
-    def train_examples(self) -> list[Example]:
-        return list(self._train)
-
-    def eval_examples(self) -> list[Example]:
-        return list(self._eval)
+        self._make_splits(seed, n_train, n_eval)
 
     def reward(self, completion: str, example: Example) -> float:
         # Exact match after stripping whitespace; anything else (empty, garbage, wrong type)
