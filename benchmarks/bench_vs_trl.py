@@ -12,12 +12,14 @@ A B C A B C ...; see lockstep.py). Setups, by name:
     mopd-vllm   mopd, vLLM rollout engine (rollout.engine: vllm, in-process, float32)
     mopd-vllm-bf16  mopd, vLLM engine sampling in bfloat16, teacher weights in bfloat16, update
                 under bf16 autocast (distributed.mixed_precision; the student's weights stay fp32)
+    mopd-hf-bf16    mopd, transformers engine, teacher weights in bfloat16, update under bf16 autocast
     trl         TRL DistillationTrainer, float32, transformers generate()
     trl-bf16    the same with bf16 autocast (mixed precision)
     trl-vllm    the same generating with colocated vLLM (vllm_mode="colocate")
 
     python benchmarks/bench_vs_trl.py                        # mopd-vllm-bf16,mopd-hf,trl
     python benchmarks/bench_vs_trl.py --setups trl,trl-bf16  # which TRL setting is faster here
+    python benchmarks/bench_vs_trl.py --device cuda --setups mopd-hf-bf16,mopd-hf,trl-bf16,trl  # one GPU
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ SETUPS = {
     "mopd-hf": "mopd (hf engine, fp32)",
     "mopd-vllm": "mopd (vLLM engine, fp32)",
     "mopd-vllm-bf16": "mopd (vLLM engine bf16, bf16 teacher, bf16 autocast)",
+    "mopd-hf-bf16": "mopd (hf engine, bf16 teacher, bf16 autocast)",
     "trl": "TRL (fp32, generate)",
     "trl-bf16": "TRL (bf16 autocast, generate)",
     "trl-vllm": "TRL (fp32, vLLM colocate)",
@@ -58,6 +61,7 @@ def parse_args(argv=None):
     # One thread by default: on a shared 2-core machine, two OpenMP threads per process fall
     # several times behind when other processes take a core; one thread degrades gracefully.
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every setup trains")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR)
     p.add_argument("--out", type=Path, default=None, help="JSON results (default: WORK_DIR/vs_trl.json)")
     args = p.parse_args(argv)
@@ -93,7 +97,7 @@ def mopd_config(args, setup: str, student: str, teacher: str, prompts: str):
         # vLLM on a CPU: eager start-up (~20 s, not ~90 s) and an explicit KV cache (DESIGN 5).
         "rollout": {"engine": "vllm" if "vllm" in setup else "hf", "enforce_eager": True, "kv_cache_gb": 0.25,
                     "max_model_len": 512, "dtype": "bfloat16" if bf16 else None},
-        "distributed": {"device": "cpu", "mixed_precision": "bf16" if bf16 else "no"},
+        "distributed": {"device": args.device, "mixed_precision": "bf16" if bf16 else "no"},
     })
 
 
@@ -131,7 +135,7 @@ class TRLStepper:
             max_grad_norm=1.0, max_completion_length=args.max_new_tokens, temperature=1.0,
             beta=1.0,  # reverse KL, as mopd; TRL's trainer is always on-policy (student-generated)
             bf16=setup == "trl-bf16", gradient_checkpointing=False,  # TRL's defaults are True, True
-            use_cpu=True, logging_steps=10_000, save_strategy="no", report_to=[], disable_tqdm=True, seed=0,
+            use_cpu=args.device == "cpu", logging_steps=10_000, save_strategy="no", report_to=[], disable_tqdm=True, seed=0,
             use_vllm=setup == "trl-vllm", vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
             vllm_max_model_length=512,
         )
@@ -238,8 +242,13 @@ def report(args, summary: dict, wall: float) -> dict:
             "update s", "peak RSS MiB"]
     rows = [[s["setup"], s["tokens_per_s"], s["tokens_per_cpu_s"], s["median_step_s"], s["median_generation_s"],
              s["median_teacher_s"], s["median_update_s"], s["peak_rss_mib"]] for s in summary.values()]
+    if args.device == "cuda":
+        cols.append("peak GPU MiB")
+        for row, s in zip(rows, summary.values()):
+            row.append(s.get("peak_gpu_mib", float("nan")))
     print_table(f"SmolLM2-135M, {BATCH} prompts x {args.max_new_tokens} new tokens, on-policy, full step "
-                f"(medians of {args.steps} steps after {args.warmup} warm-up, {args.threads} thread(s))", cols, rows)
+                f"(medians of {args.steps} steps after {args.warmup} warm-up, {args.threads} thread(s), "
+                f"{args.device})", cols, rows)
     trl = {k: v for k, v in summary.items() if k.startswith("trl")}
     best = max(trl, key=lambda k: trl[k]["tokens_per_s"]) if trl else None
     ratios = {}
@@ -251,7 +260,8 @@ def report(args, summary: dict, wall: float) -> dict:
                   f"({ratios[k]['tokens_per_cpu_s']:.2f}x per CPU-second)")
     results = {"benchmark": "vs_trl", "ratios": ratios, "wall_s": wall,
                "settings": {"setups": args.setups, "batch": BATCH, "max_new_tokens": args.max_new_tokens,
-                            "lr": args.lr, "steps": args.steps, "warmup": args.warmup, "threads": args.threads},
+                            "lr": args.lr, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
+                            "device": args.device},
                "results": summary}
     write_json(args.out or args.work_dir / "vs_trl.json", results)
     return results

@@ -13,7 +13,13 @@ import multiprocessing as mp
 import time
 import traceback
 
+import torch
+
 from common import PeakRSS, median
+
+
+def _cuda_in_use() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
 class StepTimer:
@@ -25,6 +31,8 @@ class StepTimer:
         return self
 
     def __exit__(self, *exc):
+        if _cuda_in_use():  # the step's GPU work is queued: wait for it before reading the clock
+            torch.cuda.synchronize()
         self.wall, self.cpu = time.perf_counter() - self.wall0, time.process_time() - self.cpu0
 
 
@@ -34,6 +42,8 @@ def serve(conn, setup, step) -> None:
         state = setup()
         mem = PeakRSS()
         mem.reset()  # the peak of training, not of loading
+        if _cuda_in_use():
+            torch.cuda.reset_peak_memory_stats()
         conn.send(("ready", {"rss_after_load_mib": mem.current()}))
         while conn.recv() == "step":
             with StepTimer() as t:
@@ -45,7 +55,10 @@ def serve(conn, setup, step) -> None:
 
 
 def done_memory(mem: PeakRSS) -> dict:
-    return {"peak_rss_mib": mem.peak(), "lifetime_peak_rss_mib": mem.lifetime_peak()}
+    out = {"peak_rss_mib": mem.peak(), "lifetime_peak_rss_mib": mem.lifetime_peak()}
+    if _cuda_in_use():
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 class Worker:
