@@ -7,6 +7,8 @@ log-prob of each sampled token under the distribution it was drawn from, and ask
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache
 
@@ -59,9 +61,9 @@ class HFRolloutEngine:
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         eos = self.eos_ids.to(device)
 
-        cache = DynamicCache()
+        cache = {_cache_kwarg(self.model): DynamicCache()}  # filled in place by every forward
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **cache)
         tokens = torch.full((B, max_new_tokens), self.pad_id, dtype=torch.long, device=device)
         logprobs = torch.full((B, max_new_tokens), float("nan"), device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -79,6 +81,12 @@ class HFRolloutEngine:
                 break
             attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=-1)
             out = self.model(input_ids=tokens[:, step:step + 1], attention_mask=attn, position_ids=next_pos,
-                             past_key_values=out.past_key_values, use_cache=True)
+                             use_cache=True, **cache)
             next_pos = next_pos + 1
         return tokens.cpu(), logprobs.cpu(), finished.cpu()
+
+
+def _cache_kwarg(model) -> str:
+    """The KV cache's keyword: `cache` in newer transformers, `past_key_values` before it."""
+    model = getattr(model, "module", model)  # a DDP-style wrapper's forward takes *args
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
