@@ -87,6 +87,8 @@ class HFRolloutEngine:
 
 
 def _cache_kwarg(model) -> str:
-    """The KV cache's keyword: `cache` in newer transformers, `past_key_values` before it."""
-    model = getattr(model, "module", model)  # a DDP-style wrapper's forward takes *args
+    """The KV cache's keyword: `cache` in newer transformers, `past_key_values` before it.
+
+    The engine always holds the bare model (the trainer hands it `dist.unwrap(model)`), whose
+    forward names its arguments."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
