@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from mopd.algorithms.shared_prefix import trunk_hidden
+
 
 @dataclass
 class TokenLogprobs:
@@ -65,11 +67,14 @@ def token_logprobs(
     targets: torch.Tensor | None = None,
     with_entropy: bool = False,
     chunk_size: int = 1024,
+    share_prefix: int = 16,
 ) -> TokenLogprobs:
     """Log-probs of `batch_ids` at `positions` (bool [B, T], entry 0 must be False).
 
     `targets` ([B, T, k] ids) asks for the log-probs of those ids too (student side of the
     top-k loss); `topk` asks for the model's own top-k ids and log-probs (teacher side).
+    A prefix of >= `share_prefix` tokens that every row starts with (a system prompt, a GRPO
+    group's prompt) runs through the trunk once (mopd.algorithms.shared_prefix; 0: never).
     """
     B, T = batch_ids.shape
     dev = batch_ids.device
@@ -78,7 +83,7 @@ def token_logprobs(
     tgt = targets[:, 1:][pred] if targets is not None else None
     trunk, head = _head_and_trunk(model)
     if trunk is not None:
-        hidden = trunk(input_ids=batch_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = trunk_hidden(trunk, batch_ids, attention_mask, min_prefix=share_prefix)
         hidden = hidden[:, :-1][pred]
     else:  # generic fallback: full logits (memory B x T x V)
         logits = model(input_ids=batch_ids, attention_mask=attention_mask).logits

@@ -7,11 +7,10 @@ log-prob of each sampled token under the distribution it was drawn from, and ask
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from transformers import DynamicCache
 
+from mopd.models.kv_cache import cache_keyword
 from mopd.rollout.engine import Completion, check_prompts, stop_token_ids
 
 
@@ -61,7 +60,7 @@ class HFRolloutEngine:
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         eos = self.eos_ids.to(device)
 
-        cache = {_cache_kwarg(self.model): DynamicCache()}  # filled in place by every forward
+        cache = {cache_keyword(self.model) or "past_key_values": DynamicCache()}  # filled in place by every forward
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions,
                          use_cache=True, logits_to_keep=1, **cache)
         tokens = torch.full((B, max_new_tokens), self.pad_id, dtype=torch.long, device=device)
@@ -85,10 +84,3 @@ class HFRolloutEngine:
             next_pos = next_pos + 1
         return tokens.cpu(), logprobs.cpu(), finished.cpu()
 
-
-def _cache_kwarg(model) -> str:
-    """The KV cache's keyword: `cache` in newer transformers, `past_key_values` before it.
-
-    The engine always holds the bare model (the trainer hands it `dist.unwrap(model)`), whose
-    forward names its arguments."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

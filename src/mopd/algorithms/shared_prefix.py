@@ -1,0 +1,54 @@
+"""The trunk's hidden states of a batch whose rows start with the same tokens, that prefix run once.
+
+Chat rollouts share a lot: every row starts with the chat template's system prompt, and the
+rollouts of one prompt (GRPO groups) share the whole prompt. A plain forward computes that
+prefix once per row. Here it runs once, as a batch of one; its keys and values are repeated
+to every row and the rest of each row runs on top of them as a continuation. Causal attention
+makes the prefix's states independent of what follows, so the hidden states are the same
+function of the weights as the plain forward's (up to floating-point order), and gradients
+flow back through the repeated keys and values into the one prefix pass, summed over rows.
+
+The batch must be right-padded (real tokens first), as `collate` builds it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mopd.models.kv_cache import cache_keyword
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """How many leading positions hold the same real token in every row."""
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
+    return int(same.long().cumprod(0).sum())
+
+
+def can_share_prefix(trunk) -> bool:
+    """Whether `trunk` is a transformers decoder that continues from a KV cache it is handed."""
+    if not isinstance(trunk, torch.nn.Module) or cache_keyword(trunk) is None:
+        return False
+    # Gradient checkpointing turns the cache off inside the forward in training mode.
+    return not (getattr(trunk, "gradient_checkpointing", False) and trunk.training)
+
+
+def trunk_hidden(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor, min_prefix: int = 16):
+    """The trunk's last hidden state [B, T, H], computing a shared prefix of >= `min_prefix` tokens once.
+
+    Falls back to the plain forward when the prefix is shorter, the batch has one row, or the
+    trunk cannot continue from a cache (`can_share_prefix`).
+    """
+    B, T = input_ids.shape
+    p = min(shared_prefix_length(input_ids, attention_mask), T - 1) if B > 1 else 0
+    if min_prefix <= 0 or p < min_prefix or not can_share_prefix(trunk):
+        return trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    key = cache_keyword(trunk)
+    head = trunk(input_ids=input_ids[:1, :p], use_cache=True)
+    cache = head.past_key_values
+    repeat = getattr(cache, "batch_repeat_interleave", None)
+    if repeat is None:  # a cache class that cannot be widened to the batch
+        return trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    repeat(B)
+    # Positions continue from p (the default with a cache of length p); the mask covers prefix + rest.
+    rest = trunk(input_ids=input_ids[:, p:], attention_mask=attention_mask, use_cache=True, **{key: cache})
+    return torch.cat([head.last_hidden_state.expand(B, -1, -1), rest.last_hidden_state], dim=1)
