@@ -1,12 +1,14 @@
 """The overlapped step (sampling.overlap_chunks) on real vLLM: a vLLM rollout engine sampling in
 chunks while a vLLM teacher and a transformers teacher score finished chunks on the worker
-thread; and the head-size check that stops a model vLLM's CPU attention cannot run, early."""
+thread; the next batch sampled during the update (sampling.ahead); and the head-size check that stops a model vLLM's CPU attention cannot run, early."""
 
+import copy
 import math
 
 import pytest
 import torch
 
+from mopd.algorithms.logprobs import token_logprobs
 from mopd.build import build_mopd_run
 from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
@@ -64,3 +66,37 @@ def test_chunked_vllm_step_overlapped_equals_serial(teacher_dir, tmp_path):
     finally:
         run.engine.close()
         run.objective.router.teachers["v"].close()
+
+
+def test_vllm_engine_samples_the_next_batch_during_the_update(tmp_path):
+    """sampling.ahead on real vLLM: the update runs on a worker thread while vLLM samples the next
+    batch on the main thread, from the weights before the update (checked against the trainer)."""
+    vllm_opts = OPTS.model_dump(exclude_none=True)
+    params = {"min_len": 3, "max_len": 5, "n_train": 32, "n_eval": 4, "seed": 0}
+    cfg = load_config(None, RunConfig, data={
+        "output_dir": str(tmp_path / "run"),
+        "student": {"tiny": {"num_heads": 2}},
+        "teachers": [{"name": "h", "model": {"tiny": {"num_heads": 2, "seed": 12}}}],
+        "domains": [{"name": "rev", "prompts": {"builtin": "reversal", "params": params}, "teacher": "h"}],
+        "sampling": {"prompts_per_step": 6, "max_new_tokens": 6, "ahead": 1},
+        "optim": {"steps": 2, "lr": 1e-2},
+        "rollout": {"engine": "vllm", **vllm_opts},
+        "logging": {"progress": False},
+    })
+    run = build_mopd_run(cfg)
+    try:
+        before = copy.deepcopy(run.model)
+        m0 = train_one_step(run, prefetch_next=True)
+        assert math.isfinite(m0["loss"]) and m0["time/update_exposed"] >= 0
+        b = run.prefetched.sampled.batch
+        with torch.no_grad():
+            old = token_logprobs(before, b.input_ids, b.attention_mask, b.gen_mask).logprobs[b.gen_mask]
+            new = token_logprobs(run.model, b.input_ids, b.attention_mask, b.gen_mask).logprobs[b.gen_mask]
+        got = b.sample_logprobs[b.gen_mask]
+        assert (got - old).abs().max() < 1e-3 < (new - old).abs().max()
+        run.step += 1
+        m1 = train_one_step(run)  # trains on the prefetched batch
+        assert math.isfinite(m1["loss"]) and run.prefetched is None
+        assert m1["completion_tokens"] == int(b.gen_mask.sum())
+    finally:
+        run.engine.close()

@@ -179,6 +179,10 @@ class SamplingConfig(Strict):
     # "thread": a hung verifier is abandoned (cheap; cannot stop one stuck in C code).
     # "process": each call runs in a forked child that is killed at the timeout.
     verifier_isolation: Literal["thread", "process"] = "thread"
+    # 1: sample and score the next step's batch while this step's update runs (mopd.training.ahead).
+    # Each batch is then one update behind the student; the IS correction weighs that in. Needs a
+    # rollout engine with its own weights (vllm). 0: strictly on-policy.
+    ahead: int = Field(0, ge=0, le=1)
 
 
 class OptimConfig(Strict):
@@ -278,4 +282,7 @@ class RunConfig(Strict):
             raise ValueError(f"teachers {unused} are used by no domain: remove them or route a domain to them")
         if sum(d.weight for d in self.domains) <= 0:
             raise ValueError("domain mixture weights sum to zero: give at least one domain a weight > 0")
+        if self.sampling.ahead and self.rollout.engine == "hf":
+            raise ValueError("sampling.ahead: 1 needs rollout.engine 'vllm' (its own copy of the weights); "
+                             "the 'hf' engine samples from the parameters the update is changing")
         return self

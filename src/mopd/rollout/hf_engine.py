@@ -17,6 +17,8 @@ from mopd.rollout.engine import Completion, check_prompts, stop_token_ids
 class HFRolloutEngine:
     """Samples from a transformers causal LM, typically the very model being trained."""
 
+    shares_trainer_weights = True  # sync_weights hands it the trainer's own parameters
+
     def __init__(self, model, pad_id: int, eos_ids: list[int] | int):
         self.model = model
         self.pad_id = pad_id

@@ -101,6 +101,8 @@ def _reload(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
 class VLLMRolloutEngine:
     """Samples from vLLM; `sync_weights` pushes the trainer's weights into it."""
 
+    shares_trainer_weights = False  # vLLM holds its own copy: the trainer may update while it samples
+
     def __init__(self, model, eos_ids: list[int] | int, opts: VLLMOptions | None = None, seed: int = 0):
         from vllm.platforms import current_platform
 
@@ -140,6 +142,10 @@ class VLLMRolloutEngine:
             # Cached prefixes hold keys/values computed with the old weights.
             self.llm.reset_prefix_cache()
         self.stale = False
+
+    def ready(self) -> None:
+        """Take any pending weights now (a push deferred while asleep), not at the next generate()."""
+        self._wake()
 
     @contextmanager
     def awake(self):

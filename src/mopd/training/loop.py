@@ -21,6 +21,8 @@ from mopd.objectives.base import Objective
 from mopd.rollout.engine import RolloutEngine
 from mopd.teachers.base import TeacherError
 from mopd.training import checkpoint as ckpt
+from mopd.training.ahead import (Prefetched, check_can_run_ahead, sampler_state_before_step, take_prefetched,
+                                 update_while_sampling)
 from mopd.training.distributed import Local
 from mopd.training.interrupt import StopOnSignal, TrainingInterrupted
 from mopd.training.metrics import MetricsLogger, per_domain_means, per_domain_row_means
@@ -54,6 +56,7 @@ class OnPolicyRun:
     dist: Local = field(default_factory=Local)
     step: int = 0  # steps completed
     skipped_nonfinite: int = 0  # updates skipped for a non-finite loss or gradient, in all
+    prefetched: Prefetched | None = None  # the next step's batch, sampled ahead (sampling.ahead)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -82,7 +85,7 @@ def resume_from(run: OnPolicyRun, path: Path) -> None:
 def save(run: OnPolicyRun) -> Path:
     """Checkpoint: every rank gathers its part of the state, the main process writes, all wait."""
     model, optimizer = run.dist.saveable(run.model, run.optimizer)
-    extra = {"sampler": run.sampler.state_dict(), "skipped_nonfinite": run.skipped_nonfinite}
+    extra = {"sampler": sampler_state_before_step(run), "skipped_nonfinite": run.skipped_nonfinite}
     if (scaler := run.dist.scaler_state()) is not None:
         extra["grad_scaler"] = scaler
     root = run.output_dir / "checkpoints"
@@ -100,16 +103,27 @@ def save_model(run: OnPolicyRun, directory: Path) -> None:
     run.dist.barrier()
 
 
-def train_one_step(run: OnPolicyRun) -> dict[str, float]:
+def train_one_step(run: OnPolicyRun, prefetch_next: bool = False) -> dict[str, float]:
+    """One step. `prefetch_next` (with `sampling.ahead`): sample the next step's batch during this update."""
     s = run.sampling
     torch.manual_seed(run.seed * 1_000_003 + run.step)
     t0 = time.perf_counter()
-    examples = run.sampler.next_batch(s.prompts_per_step)
-    # Teachers score finished chunks while later ones generate (sampling.overlap_chunks > 1).
-    rollouts, batch, signals, times = sample_and_score(run, examples)
+    sampled = take_prefetched(run)
+    if sampled is None:
+        # Teachers score finished chunks while later ones generate (sampling.overlap_chunks > 1).
+        sampled = sample_and_score(run, run.sampler.next_batch(s.prompts_per_step))
+    rollouts, batch, signals, times = sampled
     t2 = time.perf_counter()  # sample + score
-    scalars, tok = update_step(run.model, run.optimizer, run.scheduler, batch, signals, run.objective,
-                               run.optim.grad_accum_steps, run.optim.grad_clip, s.temperature, run.dist)
+
+    def update():
+        return update_step(run.model, run.optimizer, run.scheduler, batch, signals, run.objective,
+                           run.optim.grad_accum_steps, run.optim.grad_clip, s.temperature, run.dist)
+
+    if s.ahead and prefetch_next:
+        (scalars, tok), waited = update_while_sampling(run, update)
+        times = {**times, "time/update_exposed": waited}
+    else:
+        scalars, tok = update()
     run.engine.sync_weights(run.dist.unwrap(run.model))
     t3 = time.perf_counter()  # advantage + update
 
@@ -121,7 +135,7 @@ def train_one_step(run: OnPolicyRun) -> dict[str, float]:
     m.update(per_domain_row_means(lengths, batch.domain_ids, batch.domains, "length"))
     rewards = torch.tensor([r.reward if r.reward is not None else float("nan") for r in rollouts])
     m.update(per_domain_row_means(rewards, batch.domain_ids, batch.domains, "reward"))
-    m.update({**times, "time/update": t3 - t2,
+    m.update({**times, "time/update": t3 - t2, "time/step": t3 - t0,
               "tokens_per_s": n_tokens / max(t3 - t0, 1e-9), "completion_tokens": n_tokens,
               "sequences": len(rollouts)})
     return m
@@ -151,6 +165,7 @@ def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = N
     and counted, and `optim.max_nonfinite_in_a_row` of them in a row stop the run.
     """
     run.output_dir.mkdir(parents=True, exist_ok=True)
+    check_can_run_ahead(run)
     if resume and (path := ckpt.latest_checkpoint(run.output_dir / "checkpoints")) is not None:
         resume_from(run, path)
     main = run.dist.is_main  # metrics and progress come from the main process alone
@@ -162,9 +177,9 @@ def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = N
                 StopOnSignal() as stop:
             end = min(run.optim.steps, stop_at or run.optim.steps)
             while run.step < end:
-                drawn = run.sampler.state_dict()
+                drawn = sampler_state_before_step(run)
                 try:
-                    last = run.dist.mean_metrics(train_one_step(run))  # over all ranks
+                    last = run.dist.mean_metrics(train_one_step(run, prefetch_next=run.step + 1 < end))
                     bad_in_a_row = 0
                 except NonFiniteUpdate as e:
                     bad_in_a_row += 1

@@ -61,9 +61,12 @@ def chunk_bounds(n: int, chunks: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
-def sample_and_score(run: OnPolicyRun, examples: list[Example], overlap: bool | None = None) -> Sampled:
-    """Rollouts of `examples`, their batch and signals. `overlap` None: overlap whenever it can."""
+def sample_and_score(run: OnPolicyRun, examples: list[Example], overlap: bool | None = None,
+                     step: int | None = None) -> Sampled:
+    """Rollouts of `examples`, their batch and signals. `overlap` None: overlap whenever it can.
+    `step`: the step whose batch this is, for its sampling seeds (default: the current step)."""
     s = run.sampling
+    step = run.step if step is None else step
     bounds = chunk_bounds(len(examples), s.overlap_chunks)
     rowwise = getattr(run.objective, "rowwise", False)
     if overlap is None:
@@ -93,7 +96,7 @@ def sample_and_score(run: OnPolicyRun, examples: list[Example], overlap: bool | 
     try:
         with awake(run.engine):
             for c, (a, b) in enumerate(bounds):
-                gen = chunk_generator(run.seed, run.step, c, len(bounds))
+                gen = chunk_generator(run.seed, step, c, len(bounds))
                 chunks.append(generate_rollouts(run.engine, run.tokenizer, examples[a:b], s, gen, first_group=a))
                 if pool is not None:
                     _raise_failed(futures)  # a teacher that failed on an earlier chunk stops the step now

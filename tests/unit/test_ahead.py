@@ -1,0 +1,194 @@
+"""sampling.ahead: the next batch is sampled during this step's update, from the weights before it."""
+
+import copy
+import threading
+
+import pytest
+import torch
+
+from mopd.algorithms.logprobs import token_logprobs
+from mopd.build import build_mopd_run
+from mopd.config.load import load_config
+from mopd.config.schema import RunConfig
+from mopd.rollout.hf_engine import HFRolloutEngine
+from mopd.teachers.base import TeacherError
+from mopd.training import loop
+from mopd.training.ahead import check_can_run_ahead
+from mopd.training.loop import run_onpolicy, train_one_step
+from mopd.training.update import NonFiniteUpdate
+
+PARAMS = {"min_len": 3, "max_len": 5, "n_train": 40, "n_eval": 5}
+
+
+def config(tmp_path, name="run", ahead=1, steps=3, engine="hf", **extra):
+    data = {
+        "output_dir": str(tmp_path / name), "seed": 5,
+        "student": {"tiny": {"seed": 1}},
+        "teachers": [{"name": "t_rev", "model": {"tiny": {"seed": 11}}},
+                     {"name": "t_sort", "model": {"tiny": {"seed": 12}}}],
+        "domains": [{"name": "rev", "prompts": {"builtin": "reversal", "params": PARAMS}, "teacher": "t_rev"},
+                    {"name": "sort", "prompts": {"builtin": "sorting", "params": PARAMS}, "teacher": "t_sort"}],
+        "sampling": {"prompts_per_step": 6, "rollouts_per_prompt": 2, "max_new_tokens": 6, "ahead": ahead},
+        "optim": {"steps": steps, "lr": 1e-2},
+        "rollout": {"engine": engine},
+        "logging": {"progress": False, "jsonl": False},
+        **extra,
+    }
+    return load_config(None, RunConfig, data=data)
+
+
+class CopyingEngine(HFRolloutEngine):
+    """The transformers engine on a copy of the student: like vLLM, it holds its own weights,
+    which change only when the trainer pushes them. Records which weights each generate used."""
+
+    shares_trainer_weights = False
+
+    def __init__(self, inner: HFRolloutEngine, student):
+        super().__init__(copy.deepcopy(student), inner.pad_id, inner.eos_ids)
+        self.pushes, self.threads = 0, []
+
+    def sync_weights(self, model) -> None:
+        self.model.load_state_dict(model.state_dict())
+        self.pushes += 1
+
+    def generate(self, *a, **kw):
+        self.threads.append(threading.current_thread().name)
+        return super().generate(*a, **kw)
+
+
+def build(tmp_path, name="run", ahead=1, **kw):
+    # Built as an on-policy hf run (the config allows no ahead with 'hf'), then switched.
+    run = build_mopd_run(config(tmp_path, name, ahead=0, **kw))
+    run.engine = CopyingEngine(run.engine, run.model)
+    run.sampling = run.sampling.model_copy(update={"ahead": ahead})
+    return run
+
+
+def prompts(run_batch):
+    return [tuple(r.token_ids[:r.prompt_len]) for r in run_batch.rollouts]
+
+
+def test_next_batch_is_sampled_during_the_update_from_the_weights_before_it(tmp_path):
+    run = build(tmp_path)
+    before = copy.deepcopy(run.model)
+    trained_in = []
+    real_update = loop.update_step
+
+    def update(*a, **kw):
+        trained_in.append(threading.current_thread().name)
+        return real_update(*a, **kw)
+
+    loop.update_step, saved = update, loop.update_step
+    try:
+        m0 = train_one_step(run, prefetch_next=True)
+    finally:
+        loop.update_step = saved
+    assert trained_in and trained_in[0].startswith("mopd-update")
+    assert run.engine.threads == ["MainThread", "MainThread"]  # this step's batch, then the next one
+    pre = run.prefetched
+    assert pre is not None and pre.step == 1 and "time/update_exposed" in m0
+    assert run.engine.pushes == 1
+    # The prefetched rollouts' sampling log-probs are those of the weights before the update.
+    b = pre.sampled.batch
+    with torch.no_grad():
+        old = token_logprobs(before, b.input_ids, b.attention_mask, b.gen_mask).logprobs
+        new = token_logprobs(run.model, b.input_ids, b.attention_mask, b.gen_mask).logprobs
+    torch.testing.assert_close(b.sample_logprobs[b.gen_mask], old[b.gen_mask], atol=1e-5, rtol=1e-5)
+    assert (new - old)[b.gen_mask].abs().max() > 1e-3  # the update did move the student
+
+    run.step += 1
+    m1 = train_one_step(run, prefetch_next=False)  # trains on the prefetched batch, samples nothing
+    assert run.prefetched is None and len(run.engine.threads) == 2 and "time/update_exposed" not in m1
+
+
+def test_same_prompts_and_first_batch_as_the_on_policy_run(tmp_path):
+    ahead, onpolicy = build(tmp_path, "a"), build(tmp_path, "b", ahead=0)
+    seen = {id(ahead): [], id(onpolicy): []}
+    real = loop.sample_and_score
+
+    def spy(run, examples, **kw):
+        out = real(run, examples, **kw)
+        seen[id(run)].append(out)
+        return out
+
+    import mopd.training.ahead as ahead_mod
+    loop.sample_and_score = ahead_mod.sample_and_score = spy
+    try:
+        for run in (ahead, onpolicy):
+            run_onpolicy(run)
+    finally:
+        loop.sample_and_score = ahead_mod.sample_and_score = real
+    a, b = seen[id(ahead)], seen[id(onpolicy)]
+    assert len(a) == len(b) == 3
+    assert [prompts(x) for x in a] == [prompts(x) for x in b]
+    assert [r.token_ids for r in a[0].rollouts] == [r.token_ids for r in b[0].rollouts]  # same weights at step 0
+    assert ahead.step == 3 and ahead.prefetched is None  # nothing sampled past the last step
+
+
+def test_checkpoint_keeps_the_prefetched_prompts_for_a_resumed_run(tmp_path):
+    full = build(tmp_path, "full", steps=4)
+    run_onpolicy(full, stop_at=4)
+    part = build(tmp_path, "part", steps=4, checkpoint={"every": 2})
+    run = part
+    while run.step < 2:
+        train_one_step(run, prefetch_next=True)
+        run.step += 1
+    assert run.prefetched is not None and run.prefetched.step == 2
+    path = loop.save(run)
+    resumed = build(tmp_path, "part", steps=4)
+    loop.resume_from(resumed, path)
+    assert resumed.step == 2
+    full_again = build(tmp_path, "full2", steps=4)
+    for _ in range(2):
+        full_again.sampler.next_batch(6)
+    assert [e.prompt for e in resumed.sampler.next_batch(6)] == [e.prompt for e in full_again.sampler.next_batch(6)]
+
+
+def test_a_teacher_failing_on_the_next_batch_puts_its_prompts_back(tmp_path):
+    run = build(tmp_path)
+    real = run.objective.router.teachers["t_sort"].score
+    calls = {"n": 0}
+
+    def flaky(batch, topk=0):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the prefetch's call
+            raise TeacherError("teacher 't_sort' is down")
+        return real(batch, topk=topk)
+
+    run.objective.router.teachers["t_sort"].score = flaky
+    reference = build(tmp_path, "ref")
+    reference.sampler.next_batch(6)
+    expected = [e.prompt for e in reference.sampler.next_batch(6)]
+    train_one_step(run, prefetch_next=True)  # the step itself succeeds
+    assert run.prefetched is None
+    assert [e.prompt for e in run.sampler.next_batch(6)] == expected  # drawn again next step
+
+
+def test_a_skipped_update_keeps_the_prefetched_batch(tmp_path):
+    run = build(tmp_path)
+    real = loop.update_step
+
+    def bad(*a, **kw):
+        raise NonFiniteUpdate("loss nan")
+
+    loop.update_step = bad
+    try:
+        with pytest.raises(NonFiniteUpdate):
+            train_one_step(run, prefetch_next=True)
+    finally:
+        loop.update_step = real
+    assert run.prefetched is not None and run.prefetched.step == 1
+
+
+def test_ahead_needs_an_engine_with_its_own_weights(tmp_path):
+    with pytest.raises(ValueError, match="rollout.engine 'vllm'"):
+        config(tmp_path, engine="hf", ahead=1)
+    run = build_mopd_run(config(tmp_path, ahead=0))
+    run.sampling = run.sampling.model_copy(update={"ahead": 1})
+    with pytest.raises(ValueError, match="own copy of the weights"):
+        check_can_run_ahead(run)
+    run.engine = CopyingEngine(run.engine, run.model)
+    check_can_run_ahead(run)  # fine now
+    run.dist = type("TwoRanks", (), {"world": 2})()
+    with pytest.raises(ValueError, match="single training process"):
+        check_can_run_ahead(run)
