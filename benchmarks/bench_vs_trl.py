@@ -13,11 +13,13 @@ A B C A B C ...; see lockstep.py). Setups, by name:
     mopd-vllm-bf16  mopd, vLLM engine sampling in bfloat16, teacher weights in bfloat16, update
                 under bf16 autocast (distributed.mixed_precision; the student's weights stay fp32)
     mopd-hf-bf16    mopd, transformers engine, teacher weights in bfloat16, update under bf16 autocast
+    mopd-vllm-bf16-ahead  mopd-vllm-bf16 with sampling.ahead: 1 (the next batch is sampled and scored
+                while the update runs; its torch threads are split between the two sides)
     trl         TRL DistillationTrainer, float32, transformers generate()
     trl-bf16    the same with bf16 autocast (mixed precision)
     trl-vllm    the same generating with colocated vLLM (vllm_mode="colocate")
 
-    python benchmarks/bench_vs_trl.py                        # mopd-vllm-bf16,mopd-hf,trl
+    python benchmarks/bench_vs_trl.py                        # mopd-vllm-bf16-ahead,mopd-vllm-bf16,mopd-hf,trl
     python benchmarks/bench_vs_trl.py --setups trl,trl-bf16  # which TRL setting is faster here
     python benchmarks/bench_vs_trl.py --device cuda --setups mopd-hf-bf16,mopd-hf,trl-bf16,trl  # one GPU
 """
@@ -45,6 +47,7 @@ SETUPS = {
     "mopd-vllm": "mopd (vLLM engine, fp32)",
     "mopd-vllm-bf16": "mopd (vLLM engine bf16, bf16 teacher, bf16 autocast)",
     "mopd-hf-bf16": "mopd (hf engine, bf16 teacher, bf16 autocast)",
+    "mopd-vllm-bf16-ahead": "mopd (vLLM engine bf16, bf16 teacher, bf16 autocast, next batch sampled during the update)",
     "trl": "TRL (fp32, generate)",
     "trl-bf16": "TRL (bf16 autocast, generate)",
     "trl-vllm": "TRL (fp32, vLLM colocate)",
@@ -53,14 +56,15 @@ SETUPS = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--setups", default="mopd-vllm-bf16,mopd-hf,trl", help=f"comma-separated, of {list(SETUPS)}")
+    p.add_argument("--setups", default="mopd-vllm-bf16-ahead,mopd-vllm-bf16,mopd-hf,trl", help=f"comma-separated, of {list(SETUPS)}")
     p.add_argument("--steps", type=int, default=3, help="measured steps per setup")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured steps per setup first")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-6)
-    # One thread by default: on a shared 2-core machine, two OpenMP threads per process fall
-    # several times behind when other processes take a core; one thread degrades gracefully.
-    p.add_argument("--threads", type=int, default=1)
+    # The cores each setup may use. On a machine shared with other jobs, 1 is the robust choice:
+    # two OpenMP threads per process fall several times behind when another process takes a core.
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="cores per setup (torch threads; '-ahead' setups give each side half); default: all")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every setup trains")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR)
     p.add_argument("--out", type=Path, default=None, help="JSON results (default: WORK_DIR/vs_trl.json)")
@@ -72,9 +76,14 @@ def parse_args(argv=None):
     return args
 
 
-def worker_env(args) -> None:
+def setup_threads(args, setup: str) -> int:
+    """Torch threads of one side of a setup: '-ahead' runs update and sampling at once, half each."""
+    return max(1, args.threads // 2) if setup.endswith("-ahead") else args.threads
+
+
+def worker_env(args, setup: str = "") -> None:
     """Threads, and vLLM's / torch.compile's caches under the work directory."""
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(setup_threads(args, setup))
     for var, sub in (("VLLM_CACHE_ROOT", "vllm-cache"), ("TORCHINDUCTOR_CACHE_DIR", "inductor-cache")):
         os.environ.setdefault(var, str((args.work_dir / sub).resolve()))
 
@@ -85,13 +94,13 @@ def mopd_config(args, setup: str, student: str, teacher: str, prompts: str):
     """The RunConfig of a mopd setup: what a user would write in YAML."""
     from mopd.config.schema import RunConfig
 
-    bf16 = setup.endswith("-bf16")
+    bf16 = "-bf16" in setup
     return RunConfig.model_validate({
         "output_dir": str(args.work_dir / f"{setup}-run"), "seed": 0, "student": {"path": student},
         "teachers": [{"name": "teacher", "model": {"path": teacher, "dtype": "bfloat16" if bf16 else "float32"}}],
         "domains": [{"name": "chat", "prompts": {"path": prompts}, "teacher": "teacher"}],
         "sampling": {"prompts_per_step": BATCH, "rollouts_per_prompt": 1, "temperature": 1.0,
-                     "max_new_tokens": args.max_new_tokens},
+                     "max_new_tokens": args.max_new_tokens, "ahead": int(setup.endswith("-ahead"))},
         "optim": {"lr": args.lr, "grad_clip": 1.0, "steps": 10_000},
         "logging": {"jsonl": False, "progress": False},
         # vLLM on a CPU: eager start-up (~20 s, not ~90 s) and an explicit KV cache (DESIGN 5).
@@ -103,7 +112,7 @@ def mopd_config(args, setup: str, student: str, teacher: str, prompts: str):
 
 def mopd_entry(conn, args, setup: str, student: str, teacher: str, prompts: str) -> None:
     """mopd through its public pieces: a RunConfig -> build_mopd_run -> train_one_step."""
-    worker_env(args)
+    worker_env(args, setup)
 
     def build():
         from mopd.build import build_mopd_run
@@ -117,7 +126,7 @@ def mopd_entry(conn, args, setup: str, student: str, teacher: str, prompts: str)
 
 def trl_entry(conn, args, setup: str, student: str, teacher: str, prompts: str) -> None:
     """TRL's own loop (`trainer.train()`) in a thread, let through one optimiser step at a time."""
-    worker_env(args)
+    worker_env(args, setup)
     serve(conn, lambda: TRLStepper(args, setup, student, teacher), TRLStepper.step)
 
 

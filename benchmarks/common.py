@@ -155,13 +155,15 @@ def machine() -> dict:
 
 
 def mopd_step(run) -> dict:
-    """One mopd training step through the public loop (`train_one_step`), and its timings."""
+    """One mopd training step through the public loop (`train_one_step`), and its timings.
+    With `sampling.ahead` each step also samples the next one's batch, as in a run."""
     from mopd.training.loop import train_one_step
 
-    m = train_one_step(run)
+    m = train_one_step(run, prefetch_next=True)
     run.step += 1
     keys = {"generation_s": "time/rollout", "teacher_s": "time/teacher", "teacher_hidden_s": "time/teacher_hidden",
-            "teacher_exposed_s": "time/teacher_exposed", "update_s": "time/update", "reverse_kl": "reverse_kl/all"}
+            "teacher_exposed_s": "time/teacher_exposed", "update_s": "time/update", "update_exposed_s": "time/update_exposed",
+            "reverse_kl": "reverse_kl/all"}
     return {"tokens": int(m["completion_tokens"]), **{k: float(m[v]) for k, v in keys.items() if v in m}}
 
 

@@ -46,10 +46,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setup", default="mopd-vllm-bf16", choices=[s for s in bench_vs_trl.SETUPS if "mopd" in s])
     p.add_argument("--steps", type=int, default=3, help="steps to profile (the first one warms up)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (one: each piece's own cost)")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR)
     args = p.parse_args(argv)
-    bargs = bench_vs_trl.parse_args(["--work-dir", str(args.work_dir)])
-    bench_vs_trl.worker_env(bargs)
+    bargs = bench_vs_trl.parse_args(["--work-dir", str(args.work_dir), "--threads", str(args.threads)])
+    bench_vs_trl.worker_env(bargs, args.setup)
     from mopd.build import build_mopd_run
     from mopd.training.loop import train_one_step
 
@@ -61,7 +62,7 @@ def main(argv=None) -> None:
     for i in range(args.steps):
         times.clear()
         wall, cpu = time.perf_counter(), time.process_time()
-        m = train_one_step(run)
+        m = train_one_step(run, prefetch_next=True)  # with sampling.ahead: the pieces overlap
         run.step += 1
         rows = [[k, w, c] for k, (w, c) in times.items()]
         rows.append(["whole step", time.perf_counter() - wall, time.process_time() - cpu])

@@ -84,19 +84,29 @@ def test_vllm_engine_samples_the_next_batch_during_the_update(tmp_path):
         "logging": {"progress": False},
     })
     run = build_mopd_run(cfg)
+
+    def sampled_with(batch, model):
+        """How far the batch's sampling log-probs are from `model`'s, at most."""
+        m = batch.gen_mask
+        with torch.no_grad():
+            lp = token_logprobs(model, batch.input_ids, batch.attention_mask, m).logprobs[m]
+        return float((batch.sample_logprobs[m] - lp).abs().max())
+
     try:
         before = copy.deepcopy(run.model)
         m0 = train_one_step(run, prefetch_next=True)
         assert math.isfinite(m0["loss"]) and m0["time/update_exposed"] >= 0
-        b = run.prefetched.sampled.batch
-        with torch.no_grad():
-            old = token_logprobs(before, b.input_ids, b.attention_mask, b.gen_mask).logprobs[b.gen_mask]
-            new = token_logprobs(run.model, b.input_ids, b.attention_mask, b.gen_mask).logprobs[b.gen_mask]
-        got = b.sample_logprobs[b.gen_mask]
-        assert (got - old).abs().max() < 1e-3 < (new - old).abs().max()
+        b1 = run.prefetched.sampled.batch
+        assert sampled_with(b1, before) < 1e-3 < sampled_with(b1, run.model)
+        assert run.engine.staged is not None  # the new weights wait, copied, for the next update
+        after0 = copy.deepcopy(run.model)
         run.step += 1
-        m1 = train_one_step(run)  # trains on the prefetched batch
-        assert math.isfinite(m1["loss"]) and run.prefetched is None
-        assert m1["completion_tokens"] == int(b.gen_mask.sum())
+        m1 = train_one_step(run, prefetch_next=True)  # pushes the staged copy while it updates
+        assert m1["completion_tokens"] == int(b1.gen_mask.sum())
+        b2 = run.prefetched.sampled.batch
+        assert sampled_with(b2, after0) < 1e-3 < sampled_with(b2, run.model)
+        run.step += 1
+        m2 = train_one_step(run)  # the last step: trains on the prefetched batch, pushes at once
+        assert math.isfinite(m2["loss"]) and run.prefetched is None and run.engine.staged is None
     finally:
         run.engine.close()

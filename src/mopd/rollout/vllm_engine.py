@@ -121,7 +121,9 @@ class VLLMRolloutEngine:
             config.save_pretrained(d)  # config only: weights come with the first push
             self.llm = start_llm(d, opts, dtype, seed, load_format="dummy", enable_sleep_mode=self.use_sleep)
         self.model = model
+        self.dtype = getattr(torch, dtype)
         self.stale = True  # the engine holds dummy weights until the first push
+        self.staged: list[tuple[str, torch.Tensor]] | None = None  # a copy waiting for its push
         self.asleep = False
         self._held = 0  # open awake() blocks: no sleep between generate() calls inside them
 
@@ -131,12 +133,23 @@ class VLLMRolloutEngine:
 
     def sync_weights(self, model) -> None:
         self.model = model
-        self.stale = True
+        self.stale, self.staged = True, None
         if not self.asleep:  # asleep: the weights' memory is gone; the push happens at wake-up
             self._push()
 
+    def stage_weights(self, model) -> None:
+        """Copy `model`'s weights now (in the engine's dtype); they go in at `ready()` or the next
+        generate. The trainer may change its weights meanwhile (sampling.ahead pushes this copy
+        while the next update runs); the copy costs one engine-sized set of weights until then."""
+        self.model = model
+        self.staged = [(n, t.detach().to(self.dtype, copy=True)) for n, t in model.state_dict().items()]
+        self.stale = True
+
     def _push(self) -> None:
-        weights = [(n, t.detach()) for n, t in self.model.state_dict().items()]
+        if self.staged is not None:
+            weights, self.staged = self.staged, None
+        else:
+            weights = [(n, t.detach()) for n, t in self.model.state_dict().items()]
         with VLLM_LOCK:
             self.llm.collective_rpc(_reload, args=(weights,))
             # Cached prefixes hold keys/values computed with the old weights.

@@ -79,8 +79,9 @@ def update_while_sampling(run: OnPolicyRun, update: Callable[[], tuple]) -> tupl
     samples them again, where a lasting failure takes the loop's usual path.
     """
     ready = getattr(run.engine, "ready", None)
-    if ready is not None:
-        ready()  # the engine takes any pending weights now, before the update starts changing them
+    staged = getattr(run.engine, "staged", None) is not None
+    if ready is not None and not staged:
+        ready()  # a push pending from the live weights goes in before the update starts changing them
     threads = torch.get_num_threads()
 
     def in_worker():
@@ -91,6 +92,8 @@ def update_while_sampling(run: OnPolicyRun, update: Callable[[], tuple]) -> tupl
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mopd-update") as pool:
         future = pool.submit(in_worker)
         try:
+            if ready is not None and staged:
+                ready()  # the copy staged at the end of the last step goes in while this update runs
             examples = run.sampler.next_batch(run.sampling.prompts_per_step)
             run.prefetched = Prefetched(sample_and_score(run, examples, step=run.step + 1), run.step + 1, state)
         except TeacherError as e:

@@ -103,6 +103,14 @@ def save_model(run: OnPolicyRun, directory: Path) -> None:
     run.dist.barrier()
 
 
+def push_weights(run: OnPolicyRun, later: bool = False) -> None:
+    """The student's new weights into the rollout engine. `later` (sampling.ahead): an engine that
+    can stage a copy now pushes it while the next update runs (mopd.training.ahead)."""
+    model = run.dist.unwrap(run.model)
+    stage = getattr(run.engine, "stage_weights", None) if later else None
+    (stage or run.engine.sync_weights)(model)
+
+
 def train_one_step(run: OnPolicyRun, prefetch_next: bool = False) -> dict[str, float]:
     """One step. `prefetch_next` (with `sampling.ahead`): sample the next step's batch during this update."""
     s = run.sampling
@@ -124,7 +132,7 @@ def train_one_step(run: OnPolicyRun, prefetch_next: bool = False) -> dict[str, f
         times = {**times, "time/update_exposed": waited}
     else:
         scalars, tok = update()
-    run.engine.sync_weights(run.dist.unwrap(run.model))
+    push_weights(run, later=bool(s.ahead and prefetch_next))
     t3 = time.perf_counter()  # advantage + update
 
     n_tokens = int(batch.gen_mask.sum())
