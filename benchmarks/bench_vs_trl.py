@@ -65,6 +65,8 @@ def parse_args(argv=None):
     # two OpenMP threads per process fall several times behind when another process takes a core.
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="cores per setup (torch threads; '-ahead' setups give each side half); default: all")
+    p.add_argument("--attn", default=None, help="transformers attention kernel of every setup's student and "
+                   "teacher (e.g. eager, sdpa); default: transformers' own (sdpa)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every setup trains")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR)
     p.add_argument("--out", type=Path, default=None, help="JSON results (default: WORK_DIR/vs_trl.json)")
@@ -96,8 +98,10 @@ def mopd_config(args, setup: str, student: str, teacher: str, prompts: str):
 
     bf16 = "-bf16" in setup
     return RunConfig.model_validate({
-        "output_dir": str(args.work_dir / f"{setup}-run"), "seed": 0, "student": {"path": student},
-        "teachers": [{"name": "teacher", "model": {"path": teacher, "dtype": "bfloat16" if bf16 else "float32"}}],
+        "output_dir": str(args.work_dir / f"{setup}-run"), "seed": 0,
+        "student": {"path": student, "attn_implementation": args.attn},
+        "teachers": [{"name": "teacher", "model": {"path": teacher, "dtype": "bfloat16" if bf16 else "float32",
+                                                   "attn_implementation": args.attn}}],
         "domains": [{"name": "chat", "prompts": {"path": prompts}, "teacher": "teacher"}],
         "sampling": {"prompts_per_step": BATCH, "rollouts_per_prompt": 1, "temperature": 1.0,
                      "max_new_tokens": args.max_new_tokens, "ahead": int(setup.endswith("-ahead"))},
@@ -148,8 +152,9 @@ class TRLStepper:
             use_vllm=setup == "trl-vllm", vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
             vllm_max_model_length=512,
         )
-        model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
-        teacher_model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
+        attn = {"attn_implementation": args.attn} if args.attn else {}
+        model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32, **attn)
+        teacher_model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32, **attn)
         self.gen_s = self.teacher_s = 0.0
         self.go, self.reports = threading.Semaphore(0), queue.Queue()
         self.trainer = DistillationTrainer(model=model, teacher_model=teacher_model, args=cfg, train_dataset=data,
@@ -257,7 +262,7 @@ def report(args, summary: dict, wall: float) -> dict:
             row.append(s.get("peak_gpu_mib", float("nan")))
     print_table(f"SmolLM2-135M, {BATCH} prompts x {args.max_new_tokens} new tokens, on-policy, full step "
                 f"(medians of {args.steps} steps after {args.warmup} warm-up, {args.threads} thread(s), "
-                f"{args.device})", cols, rows)
+                f"{args.device}, attention {args.attn or 'default'})", cols, rows)
     trl = {k: v for k, v in summary.items() if k.startswith("trl")}
     best = max(trl, key=lambda k: trl[k]["tokens_per_s"]) if trl else None
     ratios = {}
@@ -270,7 +275,7 @@ def report(args, summary: dict, wall: float) -> dict:
     results = {"benchmark": "vs_trl", "ratios": ratios, "wall_s": wall,
                "settings": {"setups": args.setups, "batch": BATCH, "max_new_tokens": args.max_new_tokens,
                             "lr": args.lr, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
-                            "device": args.device},
+                            "device": args.device, "attn": args.attn},
                "results": summary}
     write_json(args.out or args.work_dir / "vs_trl.json", results)
     return results

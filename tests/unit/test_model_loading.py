@@ -108,3 +108,20 @@ def test_hf_directories_and_hub_ids_pass_through(tmp_path):
     assert model_path(ModelSpec(path=str(tmp_path / "plain"))) == str(tmp_path / "plain")
     assert model_path(ModelSpec(path="HuggingFaceTB/SmolLM2-135M-Instruct")) == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert isinstance(load_model(ModelSpec(path=str(tmp_path / "plain"))), torch.nn.Module)
+
+
+def test_attention_implementation_is_passed_to_transformers(tmp_path):
+    tok = char_tokenizer()
+    save_pretrained(tiny_model(tok), tok, tmp_path / "m")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    outs = {}
+    for attn in ("eager", "sdpa"):
+        for spec in (ModelSpec(path=str(tmp_path / "m"), attn_implementation=attn),
+                     ModelSpec(tiny={}, attn_implementation=attn)):
+            model = load_model(spec, tok)
+            assert model.config._attn_implementation == attn
+            with torch.no_grad():
+                outs.setdefault(spec.tiny is None, []).append(model(ids).logits)
+    for eager, sdpa in outs.values():  # another kernel, the same numbers
+        torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=1e-5)
+    assert load_model(ModelSpec(tiny={}), tok).config._attn_implementation == "sdpa"  # transformers' default

@@ -35,6 +35,9 @@ class ModelSpec(Strict):
     tiny: TinyModel | None = None
     dtype: DType = "float32"
     trust_remote_code: bool = False
+    # transformers' attention kernel ("sdpa", "eager", "flash_attention_2"...); None: its default.
+    # On a CPU, "eager" trains short sequences faster than "sdpa" (docs/benchmarks.md).
+    attn_implementation: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":

@@ -50,9 +50,13 @@ def load_model(spec: ModelSpec, tokenizer=None) -> PreTrainedModel:
     if spec.tiny is not None:
         t = spec.tiny
         tok = tokenizer or char_tokenizer()
-        return tiny_model(tok, t.hidden_size, t.num_layers, t.num_heads, seed=t.seed).to(dtype)
+        model = tiny_model(tok, t.hidden_size, t.num_layers, t.num_heads, seed=t.seed).to(dtype)
+        if spec.attn_implementation:
+            model.set_attn_implementation(spec.attn_implementation)
+        return model
+    attn = {"attn_implementation": spec.attn_implementation} if spec.attn_implementation else {}
     return AutoModelForCausalLM.from_pretrained(model_path(spec), dtype=dtype,
-                                                trust_remote_code=spec.trust_remote_code)
+                                                trust_remote_code=spec.trust_remote_code, **attn)
 
 
 def model_path(spec: ModelSpec) -> str:
