@@ -57,13 +57,16 @@ def test_the_prefix_runs_once():
     tok = char_tokenizer()
     model = tiny_model(tok)
     ids, attn, _ = batch(len(tok))
-    seen = []
-    hook = model.model.embed_tokens.register_forward_hook(lambda m, a, o: seen.append(tuple(a[0].shape)))
+    embedded, layered = [], []
+    hooks = [model.model.embed_tokens.register_forward_hook(lambda m, a, o: embedded.append(tuple(a[0].shape))),
+             model.model.layers[0].register_forward_hook(lambda m, a, o: layered.append(tuple(a[0].shape)))]
     with torch.no_grad():
         shared = trunk_hidden(model.model, ids, attn, min_prefix=4)
+        assert embedded == [(4, 20)]  # every row embedded once
+        assert layered == [(1, PREFIX, 64), (4, 20 - PREFIX, 64)]  # the prefix once, then the rest of each row
         plain = model.model(input_ids=ids, attention_mask=attn).last_hidden_state
-    hook.remove()
-    assert seen[:2] == [(1, PREFIX), (4, 20 - PREFIX)]
+    for h in hooks:
+        h.remove()
     real = attn.bool()
     torch.testing.assert_close(shared[real], plain[real], atol=1e-5, rtol=1e-5)
 

@@ -28,6 +28,8 @@ def can_share_prefix(trunk) -> bool:
     """Whether `trunk` is a transformers decoder that continues from a KV cache it is handed."""
     if not isinstance(trunk, torch.nn.Module) or cache_keyword(trunk) is None:
         return False
+    if not hasattr(trunk, "get_input_embeddings"):
+        return False
     # Gradient checkpointing turns the cache off inside the forward in training mode.
     return not (getattr(trunk, "gradient_checkpointing", False) and trunk.training)
 
@@ -43,12 +45,14 @@ def trunk_hidden(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor, m
     if min_prefix <= 0 or p < min_prefix or not can_share_prefix(trunk):
         return trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     key = cache_keyword(trunk)
-    head = trunk(input_ids=input_ids[:1, :p], use_cache=True)
+    # Embed every row once: one embedding backward (a dense vocab x hidden gradient) instead of two.
+    embeds = trunk.get_input_embeddings()(input_ids)
+    head = trunk(inputs_embeds=embeds[:1, :p], use_cache=True)
     cache = head.past_key_values
     repeat = getattr(cache, "batch_repeat_interleave", None)
     if repeat is None:  # a cache class that cannot be widened to the batch
         return trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     repeat(B)
     # Positions continue from p (the default with a cache of length p); the mask covers prefix + rest.
-    rest = trunk(input_ids=input_ids[:, p:], attention_mask=attention_mask, use_cache=True, **{key: cache})
+    rest = trunk(inputs_embeds=embeds[:, p:], attention_mask=attention_mask, use_cache=True, **{key: cache})
     return torch.cat([head.last_hidden_state.expand(B, -1, -1), rest.last_hidden_state], dim=1)
