@@ -2,9 +2,9 @@
 
 The model's trunk runs once; the output head and log-softmax run only on the positions that
 predict generated tokens, a chunk of positions at a time. Peak memory then grows with
-chunk x vocab instead of batch x length x vocab. With gradients on, each chunk is
-recomputed in the backward pass (activation checkpointing) so the chunks' softmax outputs
-are not all kept alive. Entropy and top-k come from the same pass of the head as the
+chunk x vocab instead of batch x length x vocab. With gradients on and more than one chunk,
+each chunk is recomputed in the backward pass (activation checkpointing) so the chunks'
+softmax outputs are not all kept alive. Entropy and top-k come from the same pass of the head as the
 log-probs (detached), so the training step runs the head once forward and once again in
 backward per chunk.
 """
@@ -94,8 +94,9 @@ def token_logprobs(
         h, tok = hidden[s:s + chunk_size], tokens[s:s + chunk_size]
         tg = tgt[s:s + chunk_size] if tgt is not None else None
         args = (head, h, tok, tg, temperature, topk, with_entropy)
-        if torch.is_grad_enabled() and h.requires_grad:
-            # Recompute this chunk's logits in backward instead of storing them.
+        if torch.is_grad_enabled() and h.requires_grad and tokens.shape[0] > chunk_size:
+            # Recompute this chunk's logits in backward instead of storing them. With one chunk
+            # there is nothing to gain: its logits are alive at the forward's peak anyway.
             picked, t_lp, ent, top_v, top_i = checkpoint(_chunk_stats, *args, use_reentrant=False)
         else:
             picked, t_lp, ent, top_v, top_i = _chunk_stats(*args)
