@@ -2,6 +2,7 @@
 
 import copy
 import threading
+import time
 
 import pytest
 import torch
@@ -192,3 +193,50 @@ def test_ahead_needs_an_engine_with_its_own_weights(tmp_path):
     run.dist = type("TwoRanks", (), {"world": 2})()
     with pytest.raises(ValueError, match="single training process"):
         check_can_run_ahead(run)
+
+
+class DeferringEngine(CopyingEngine):
+    """Like vLLM's engine: `defer_weights` leaves the push for `ready()` (or the next generate),
+    which reads the trainer's live weights slowly."""
+
+    def __init__(self, inner, student):
+        super().__init__(inner, student)
+        self.pending, self.ready_done = None, []
+
+    def defer_weights(self, model) -> None:
+        self.pending = model
+
+    def ready(self) -> None:
+        if self.pending is not None:
+            time.sleep(0.3)  # a slow push: the optimiser must not change the weights meanwhile
+            self.sync_weights(self.pending)
+            self.pending = None
+            self.ready_done.append(time.perf_counter())
+
+    def generate(self, *a, **kw):
+        self.ready()
+        return super().generate(*a, **kw)
+
+
+def test_the_optimiser_waits_until_the_engine_has_read_the_weights(tmp_path):
+    run = build(tmp_path)
+    run.engine = DeferringEngine(run.engine, run.model)
+    steps_at = []
+    real_step = run.optimizer.step
+
+    def timed_step(*a, **kw):
+        steps_at.append(time.perf_counter())
+        return real_step(*a, **kw)
+
+    run.optimizer.step = timed_step
+    train_one_step(run, prefetch_next=True)
+    assert run.engine.pending is run.model and run.engine.pushes == 0  # left for the next update
+    after0 = copy.deepcopy(run.model)
+    run.step += 1
+    train_one_step(run, prefetch_next=True)
+    assert len(run.engine.ready_done) == 1 and steps_at[1] >= run.engine.ready_done[0]
+    # The batch sampled during that update came from the weights pushed then: step 0's result.
+    b = run.prefetched.sampled.batch
+    with torch.no_grad():
+        lp = token_logprobs(after0, b.input_ids, b.attention_mask, b.gen_mask).logprobs
+    torch.testing.assert_close(b.sample_logprobs[b.gen_mask], lp[b.gen_mask], atol=1e-5, rtol=1e-5)

@@ -98,15 +98,15 @@ def test_vllm_engine_samples_the_next_batch_during_the_update(tmp_path):
         assert math.isfinite(m0["loss"]) and m0["time/update_exposed"] >= 0
         b1 = run.prefetched.sampled.batch
         assert sampled_with(b1, before) < 1e-3 < sampled_with(b1, run.model)
-        assert run.engine.staged is not None  # the new weights wait, copied, for the next update
+        assert run.engine.stale  # the new weights wait for the next update's forward and backward
         after0 = copy.deepcopy(run.model)
         run.step += 1
-        m1 = train_one_step(run, prefetch_next=True)  # pushes the staged copy while it updates
+        m1 = train_one_step(run, prefetch_next=True)  # pushes them while it updates
         assert m1["completion_tokens"] == int(b1.gen_mask.sum())
         b2 = run.prefetched.sampled.batch
         assert sampled_with(b2, after0) < 1e-3 < sampled_with(b2, run.model)
         run.step += 1
         m2 = train_one_step(run)  # the last step: trains on the prefetched batch, pushes at once
-        assert math.isfinite(m2["loss"]) and run.prefetched is None and run.engine.staged is None
+        assert math.isfinite(m2["loss"]) and run.prefetched is None and not run.engine.stale
     finally:
         run.engine.close()

@@ -123,7 +123,6 @@ class VLLMRolloutEngine:
         self.model = model
         self.dtype = getattr(torch, dtype)
         self.stale = True  # the engine holds dummy weights until the first push
-        self.staged: list[tuple[str, torch.Tensor]] | None = None  # a copy waiting for its push
         self.asleep = False
         self._held = 0  # open awake() blocks: no sleep between generate() calls inside them
 
@@ -133,23 +132,20 @@ class VLLMRolloutEngine:
 
     def sync_weights(self, model) -> None:
         self.model = model
-        self.stale, self.staged = True, None
+        self.stale = True
         if not self.asleep:  # asleep: the weights' memory is gone; the push happens at wake-up
             self._push()
 
-    def stage_weights(self, model) -> None:
-        """Copy `model`'s weights now (in the engine's dtype); they go in at `ready()` or the next
-        generate. The trainer may change its weights meanwhile (sampling.ahead pushes this copy
-        while the next update runs); the copy costs one engine-sized set of weights until then."""
+    def defer_weights(self, model) -> None:
+        """Take `model`'s weights at `ready()` or the next generate rather than now. Until then the
+        caller must not change them (sampling.ahead: the next update's optimiser step waits for
+        the push, which reads them while that update's forward and backward run)."""
         self.model = model
-        self.staged = [(n, t.detach().to(self.dtype, copy=True)) for n, t in model.state_dict().items()]
         self.stale = True
 
     def _push(self) -> None:
-        if self.staged is not None:
-            weights, self.staged = self.staged, None
-        else:
-            weights = [(n, t.detach()) for n, t in self.model.state_dict().items()]
+        # In the engine's dtype: vLLM would convert (and warn about) every tensor otherwise.
+        weights = [(n, t.detach().to(self.dtype)) for n, t in self.model.state_dict().items()]
         with VLLM_LOCK:
             self.llm.collective_rpc(_reload, args=(weights,))
             # Cached prefixes hold keys/values computed with the old weights.

@@ -21,6 +21,7 @@ batch was drawn, so a resumed run draws that batch again (sampled then from the 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,8 +70,11 @@ def take_prefetched(run: OnPolicyRun) -> Sampled | None:
     return pre.sampled if pre is not None and pre.step == run.step else None
 
 
-def update_while_sampling(run: OnPolicyRun, update: Callable[[], tuple]) -> tuple[tuple, float]:
-    """Run `update()` on a worker thread while the main thread samples and scores step + 1.
+def update_while_sampling(run: OnPolicyRun, update: Callable[[Callable], tuple]) -> tuple[tuple, float]:
+    """Run `update(wait_before_step)` on a worker thread while the main thread samples and scores step + 1.
+
+    First the engine takes the weights the last step left pending (`defer_weights`), reading
+    them while the update's forward and backward run; the update's optimiser step waits for that.
 
     Returns the update's result and how long the main thread then waited for it. The sampled
     batch lands in `run.prefetched`, also when the update raises (a skipped non-finite update
@@ -79,21 +83,20 @@ def update_while_sampling(run: OnPolicyRun, update: Callable[[], tuple]) -> tupl
     samples them again, where a lasting failure takes the loop's usual path.
     """
     ready = getattr(run.engine, "ready", None)
-    staged = getattr(run.engine, "staged", None) is not None
-    if ready is not None and not staged:
-        ready()  # a push pending from the live weights goes in before the update starts changing them
     threads = torch.get_num_threads()
+    pushed = threading.Event()  # the engine has read the weights: the optimiser may change them
 
     def in_worker():
         torch.set_num_threads(threads)  # a new thread starts with the library default
-        return update()
+        return update(pushed.wait)
 
     state = run.sampler.state_dict()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mopd-update") as pool:
         future = pool.submit(in_worker)
         try:
-            if ready is not None and staged:
-                ready()  # the copy staged at the end of the last step goes in while this update runs
+            if ready is not None:
+                ready()  # the weights left pending by the last step go in while this forward/backward runs
+            pushed.set()
             examples = run.sampler.next_batch(run.sampling.prompts_per_step)
             run.prefetched = Prefetched(sample_and_score(run, examples, step=run.step + 1), run.step + 1, state)
         except TeacherError as e:
@@ -101,6 +104,7 @@ def update_while_sampling(run: OnPolicyRun, update: Callable[[], tuple]) -> tupl
                         run.step + 1, e)
             run.sampler.load_state_dict(state)
         finally:
+            pushed.set()  # also when the push failed: the update must not wait forever
             sampled_at = time.perf_counter()
             result = future.result()  # joins the update; re-raises what it raised
     return result, time.perf_counter() - sampled_at

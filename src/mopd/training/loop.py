@@ -105,10 +105,10 @@ def save_model(run: OnPolicyRun, directory: Path) -> None:
 
 def push_weights(run: OnPolicyRun, later: bool = False) -> None:
     """The student's new weights into the rollout engine. `later` (sampling.ahead): an engine that
-    can stage a copy now pushes it while the next update runs (mopd.training.ahead)."""
+    can defer the push takes them while the next update's forward and backward run."""
     model = run.dist.unwrap(run.model)
-    stage = getattr(run.engine, "stage_weights", None) if later else None
-    (stage or run.engine.sync_weights)(model)
+    defer = getattr(run.engine, "defer_weights", None) if later else None
+    (defer or run.engine.sync_weights)(model)
 
 
 def train_one_step(run: OnPolicyRun, prefetch_next: bool = False) -> dict[str, float]:
@@ -123,9 +123,10 @@ def train_one_step(run: OnPolicyRun, prefetch_next: bool = False) -> dict[str, f
     rollouts, batch, signals, times = sampled
     t2 = time.perf_counter()  # sample + score
 
-    def update():
+    def update(wait_before_step=None):
         return update_step(run.model, run.optimizer, run.scheduler, batch, signals, run.objective,
-                           run.optim.grad_accum_steps, run.optim.grad_clip, s.temperature, run.dist)
+                           run.optim.grad_accum_steps, run.optim.grad_clip, s.temperature, run.dist,
+                           wait_before_step=wait_before_step)
 
     if s.ahead and prefetch_next:
         (scalars, tok), waited = update_while_sampling(run, update)

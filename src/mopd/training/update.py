@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import torch
 
@@ -32,7 +33,8 @@ def on_device(batch: TokenBatch, device: torch.device) -> TokenBatch:
 
 def update_step(model, optimizer, scheduler, batch: TokenBatch, signals: dict[str, torch.Tensor],
                 objective: Objective, grad_accum_steps: int, grad_clip: float | None,
-                temperature: float = 1.0, dist: Local | None = None
+                temperature: float = 1.0, dist: Local | None = None,
+                wait_before_step: Callable[[], object] | None = None,
                 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Forward/backward every micro-batch, clip, step. Returns scalars and per-token diagnostics.
 
@@ -42,7 +44,10 @@ def update_step(model, optimizer, scheduler, batch: TokenBatch, signals: dict[st
     are dropped) and raises NonFiniteUpdate for the loop to count; every rank decides alike.
     With fp16's loss scaler an overflowing gradient is the scaler's business instead: it skips
     that update and lowers its scale (`fp16_overflow` in the scalars).
+    `wait_before_step`: called before the optimiser changes the weights (sampling.ahead: until
+    the rollout engine has read them).
     """
+    wait_before_step = wait_before_step or (lambda: None)
     dist = dist or Local()
     model.train()
     trainable = dist.trainable(model)
@@ -72,12 +77,14 @@ def update_step(model, optimizer, scheduler, batch: TokenBatch, signals: dict[st
     loss_ok, grad_ok = dist.all_finite(loss_total), grad_norm is None or math.isfinite(grad_norm)
     scalars = {"loss": loss_total, "grad_norm": float("nan") if grad_norm is None else grad_norm}
     if loss_ok and not grad_ok and dist.has_loss_scaler:
+        wait_before_step()
         optimizer.step()  # the scaler sees the inf gradients: it skips the update, lowers its scale
         optimizer.zero_grad(set_to_none=True)
         return {**scalars, "lr": scheduler.get_last_lr()[0], "fp16_overflow": 1.0}, token_metrics
     if not (loss_ok and grad_ok):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteUpdate(f"loss {loss_total}, grad norm {grad_norm}")
+    wait_before_step()
     optimizer.step()
     scheduler.step()
     return {**scalars, "lr": scheduler.get_last_lr()[0]}, token_metrics
