@@ -58,6 +58,11 @@ def start_llm(model_dir: str, opts: VLLMOptions, dtype: str, seed: int = 0, **kw
     kv = {"kv_cache_memory_bytes": int(opts.kv_cache_gb * 2**30)} if opts.kv_cache_gb else {}
     # Without a tokenizer vLLM's chat-template warm-up logs a traceback; it is harmless.
     logging.getLogger("vllm.renderers.base").setLevel(logging.ERROR)
+    # Pushing fp32 weights into a bf16 engine warns once per tensor at every push; vLLM converts
+    # them as it copies, which is what we want. A filter: vLLM's logging set-up resets levels.
+    loader_log = logging.getLogger("vllm.model_executor.models.utils")
+    if _drop_dtype_warnings not in loader_log.filters:
+        loader_log.addFilter(_drop_dtype_warnings)
     llm = vllm.LLM(model=model_dir, dtype=dtype, seed=seed, enforce_eager=opts.enforce_eager,
                    gpu_memory_utilization=opts.gpu_memory_utilization, max_model_len=opts.max_model_len,
                    skip_tokenizer_init=True, generation_config="vllm", logprobs_mode="processed_logprobs",
@@ -65,6 +70,10 @@ def start_llm(model_dir: str, opts: VLLMOptions, dtype: str, seed: int = 0, **kw
     if type(llm.llm_engine.engine_core).__name__ != "InprocClient":
         raise RuntimeError("vLLM started its engine in another process; mopd needs it in-process")
     return llm
+
+
+def _drop_dtype_warnings(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Attempted to load weight %s with dtype")
 
 
 def check_head_dim(config, who: str, supported: list[int] | None = None) -> None:
@@ -121,7 +130,6 @@ class VLLMRolloutEngine:
             config.save_pretrained(d)  # config only: weights come with the first push
             self.llm = start_llm(d, opts, dtype, seed, load_format="dummy", enable_sleep_mode=self.use_sleep)
         self.model = model
-        self.dtype = getattr(torch, dtype)
         self.stale = True  # the engine holds dummy weights until the first push
         self.asleep = False
         self._held = 0  # open awake() blocks: no sleep between generate() calls inside them
@@ -144,8 +152,7 @@ class VLLMRolloutEngine:
         self.stale = True
 
     def _push(self) -> None:
-        # In the engine's dtype: vLLM would convert (and warn about) every tensor otherwise.
-        weights = [(n, t.detach().to(self.dtype)) for n, t in self.model.state_dict().items()]
+        weights = [(n, t.detach()) for n, t in self.model.state_dict().items()]
         with VLLM_LOCK:
             self.llm.collective_rpc(_reload, args=(weights,))
             # Cached prefixes hold keys/values computed with the old weights.
