@@ -48,10 +48,12 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=3, help="steps to profile (the first one warms up)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (one: each piece's own cost)")
     p.add_argument("--attn", default=None, help="transformers attention kernel (as bench_vs_trl.py --attn)")
+    p.add_argument("--vllm-compile", action="store_true", help="as bench_vs_trl.py --vllm-compile")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR)
     args = p.parse_args(argv)
     bargs = bench_vs_trl.parse_args(["--work-dir", str(args.work_dir), "--threads", str(args.threads)]
-                                    + (["--attn", args.attn] if args.attn else []))
+                                    + (["--attn", args.attn] if args.attn else [])
+                                    + (["--vllm-compile"] if args.vllm_compile else []))
     bench_vs_trl.worker_env(bargs, args.setup)
     from mopd.build import build_mopd_run
     from mopd.training.loop import train_one_step
