@@ -2,7 +2,9 @@
 
 Builds one setup of bench_vs_trl.py and wraps, on that run's objects only, the rollout
 engine's generate and weight push, the teacher scoring, the student's forward
-(`token_logprobs`), backward, clipping and the optimiser step with timers.
+(`token_logprobs`), backward, clipping and the optimiser step with timers. With a '-ahead'
+setup the update and the sampling run on two threads at once: their pieces overlap, and the
+CPU column counts both threads.
 
     python benchmarks/profile_step.py [--setup mopd-vllm-bf16] [--steps 3]
 """
@@ -40,6 +42,8 @@ def instrument(run, times: dict) -> None:
     run.dist.clip_grad_norm = timed(times, "gradient clipping", run.dist.clip_grad_norm)
     run.optimizer.step = timed(times, "optimiser step", run.optimizer.step)
     run.engine.sync_weights = timed(times, "weight push to the engine", run.engine.sync_weights)
+    if hasattr(run.engine, "ready"):  # sampling.ahead: the push happens here, during the next update
+        run.engine.ready = timed(times, "weight push to the engine", run.engine.ready)
 
 
 def main(argv=None) -> None:
