@@ -4,9 +4,9 @@ The model's trunk runs once; the output head and log-softmax run only on the pos
 predict generated tokens, a chunk of positions at a time. Peak memory then grows with
 chunk x vocab instead of batch x length x vocab. With gradients on and more than one chunk,
 each chunk is recomputed in the backward pass (activation checkpointing) so the chunks'
-softmax outputs are not all kept alive. Entropy and top-k come from the same pass of the head as the
-log-probs (detached), so the training step runs the head once forward and once again in
-backward per chunk.
+softmax outputs are not all kept alive. Entropy and top-k come from the same pass of the head
+as the log-probs (detached), so the training step runs the head once forward (and, with several
+chunks, once again in backward) per chunk.
 """
 
 from __future__ import annotations

@@ -47,12 +47,12 @@ def trunk_hidden(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor, m
     key = cache_keyword(trunk)
     # Embed every row once: one embedding backward (a dense vocab x hidden gradient) instead of two.
     embeds = trunk.get_input_embeddings()(input_ids)
-    head = trunk(inputs_embeds=embeds[:1, :p], use_cache=True)
-    cache = head.past_key_values
+    prefix = trunk(inputs_embeds=embeds[:1, :p], use_cache=True)
+    cache = prefix.past_key_values
     repeat = getattr(cache, "batch_repeat_interleave", None)
     if repeat is None:  # a cache class that cannot be widened to the batch
         return trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     repeat(B)
     # Positions continue from p (the default with a cache of length p); the mask covers prefix + rest.
     rest = trunk(inputs_embeds=embeds[:, p:], attention_mask=attention_mask, use_cache=True, **{key: cache})
-    return torch.cat([head.last_hidden_state.expand(B, -1, -1), rest.last_hidden_state], dim=1)
+    return torch.cat([prefix.last_hidden_state.expand(B, -1, -1), rest.last_hidden_state], dim=1)

@@ -160,7 +160,7 @@ class VLLMRolloutEngine:
         self.stale = False
 
     def ready(self) -> None:
-        """Take any pending weights now (a push deferred while asleep), not at the next generate()."""
+        """Take pending weights now (deferred by `defer_weights`, or while asleep), not at the next generate()."""
         self._wake()
 
     @contextmanager
