@@ -30,8 +30,8 @@ SLOW_CLI = """
 import os, pathlib, sys, time
 import mopd.training.checkpoint as ckpt, mopd.training.loop as loop
 step, save = loop.train_one_step, ckpt.save_pretrained
-def slow_step(run):
-    out = step(run)
+def slow_step(run, **kw):
+    out = step(run, **kw)
     time.sleep(0.4)
     return out
 def stalled_save(model, tok, directory):
