@@ -13,6 +13,7 @@ from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
 from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.teachers.base import TeacherError
+import mopd.training.ahead as ahead_mod
 from mopd.training import loop
 from mopd.training.ahead import check_can_run_ahead
 from mopd.training.loop import run_onpolicy, train_one_step
@@ -69,7 +70,7 @@ def prompts(run_batch):
     return [tuple(r.token_ids[:r.prompt_len]) for r in run_batch.rollouts]
 
 
-def test_next_batch_is_sampled_during_the_update_from_the_weights_before_it(tmp_path):
+def test_next_batch_is_sampled_during_the_update_from_the_weights_before_it(tmp_path, monkeypatch):
     run = build(tmp_path)
     before = copy.deepcopy(run.model)
     trained_in = []
@@ -79,11 +80,8 @@ def test_next_batch_is_sampled_during_the_update_from_the_weights_before_it(tmp_
         trained_in.append(threading.current_thread().name)
         return real_update(*a, **kw)
 
-    loop.update_step, saved = update, loop.update_step
-    try:
-        m0 = train_one_step(run, prefetch_next=True)
-    finally:
-        loop.update_step = saved
+    monkeypatch.setattr(loop, "update_step", update)
+    m0 = train_one_step(run, prefetch_next=True)
     assert trained_in and trained_in[0].startswith("mopd-update")
     assert run.engine.threads == ["MainThread", "MainThread"]  # this step's batch, then the next one
     pre = run.prefetched
@@ -102,7 +100,7 @@ def test_next_batch_is_sampled_during_the_update_from_the_weights_before_it(tmp_
     assert run.prefetched is None and len(run.engine.threads) == 2 and "time/update_exposed" not in m1
 
 
-def test_same_prompts_and_first_batch_as_the_on_policy_run(tmp_path):
+def test_same_prompts_and_first_batch_as_the_on_policy_run(tmp_path, monkeypatch):
     ahead, onpolicy = build(tmp_path, "a"), build(tmp_path, "b", ahead=0)
     seen = {id(ahead): [], id(onpolicy): []}
     real = loop.sample_and_score
@@ -112,13 +110,10 @@ def test_same_prompts_and_first_batch_as_the_on_policy_run(tmp_path):
         seen[id(run)].append(out)
         return out
 
-    import mopd.training.ahead as ahead_mod
-    loop.sample_and_score = ahead_mod.sample_and_score = spy
-    try:
-        for run in (ahead, onpolicy):
-            run_onpolicy(run)
-    finally:
-        loop.sample_and_score = ahead_mod.sample_and_score = real
+    monkeypatch.setattr(loop, "sample_and_score", spy)
+    monkeypatch.setattr(ahead_mod, "sample_and_score", spy)
+    for run in (ahead, onpolicy):
+        run_onpolicy(run)
     a, b = seen[id(ahead)], seen[id(onpolicy)]
     assert len(a) == len(b) == 3
     assert [prompts(x) for x in a] == [prompts(x) for x in b]
@@ -165,19 +160,15 @@ def test_a_teacher_failing_on_the_next_batch_puts_its_prompts_back(tmp_path):
     assert [e.prompt for e in run.sampler.next_batch(6)] == expected  # drawn again next step
 
 
-def test_a_skipped_update_keeps_the_prefetched_batch(tmp_path):
+def test_a_skipped_update_keeps_the_prefetched_batch(tmp_path, monkeypatch):
     run = build(tmp_path)
-    real = loop.update_step
 
     def bad(*a, **kw):
         raise NonFiniteUpdate("loss nan")
 
-    loop.update_step = bad
-    try:
-        with pytest.raises(NonFiniteUpdate):
-            train_one_step(run, prefetch_next=True)
-    finally:
-        loop.update_step = real
+    monkeypatch.setattr(loop, "update_step", bad)
+    with pytest.raises(NonFiniteUpdate):
+        train_one_step(run, prefetch_next=True)
     assert run.prefetched is not None and run.prefetched.step == 1
 
 

@@ -26,12 +26,17 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) 
 
 def can_share_prefix(trunk) -> bool:
     """Whether `trunk` is a transformers decoder that continues from a KV cache it is handed."""
-    if not isinstance(trunk, torch.nn.Module) or cache_keyword(trunk) is None:
-        return False
-    if not hasattr(trunk, "get_input_embeddings"):
-        return False
+    return _cache_key(trunk) is not None
+
+
+def _cache_key(trunk) -> str | None:
+    """The keyword `trunk` takes a KV cache by, when it can continue from one; else None."""
+    if not isinstance(trunk, torch.nn.Module) or not hasattr(trunk, "get_input_embeddings"):
+        return None
     # Gradient checkpointing turns the cache off inside the forward in training mode.
-    return not (getattr(trunk, "gradient_checkpointing", False) and trunk.training)
+    if getattr(trunk, "gradient_checkpointing", False) and trunk.training:
+        return None
+    return cache_keyword(trunk)
 
 
 def trunk_hidden(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor, min_prefix: int = 16):
@@ -42,9 +47,9 @@ def trunk_hidden(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor, m
     """
     B, T = input_ids.shape
     p = min(shared_prefix_length(input_ids, attention_mask), T - 1) if B > 1 else 0
-    if min_prefix <= 0 or p < min_prefix or not can_share_prefix(trunk):
+    key = _cache_key(trunk) if min_prefix > 0 and p >= min_prefix else None
+    if key is None:
         return trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    key = cache_keyword(trunk)
     # Embed every row once: one embedding backward (a dense vocab x hidden gradient) instead of two.
     embeds = trunk.get_input_embeddings()(input_ids)
     prefix = trunk(inputs_embeds=embeds[:1, :p], use_cache=True)

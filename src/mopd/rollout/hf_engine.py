@@ -85,4 +85,3 @@ class HFRolloutEngine:
                              use_cache=True, **cache)
             next_pos = next_pos + 1
         return tokens.cpu(), logprobs.cpu(), finished.cpu()
-

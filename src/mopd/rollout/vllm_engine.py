@@ -139,8 +139,7 @@ class VLLMRolloutEngine:
         self.llm.llm_engine.engine_core.shutdown()
 
     def sync_weights(self, model) -> None:
-        self.model = model
-        self.stale = True
+        self.defer_weights(model)
         if not self.asleep:  # asleep: the weights' memory is gone; the push happens at wake-up
             self._push()
 

@@ -60,7 +60,7 @@ def check_can_run_ahead(run: OnPolicyRun) -> None:
 
 def sampler_state_before_step(run: OnPolicyRun) -> dict:
     """The sampler as it was before the current step's batch was drawn (prefetched or not)."""
-    pre = getattr(run, "prefetched", None)
+    pre = run.prefetched
     return pre.sampler_state if pre is not None else run.sampler.state_dict()
 
 

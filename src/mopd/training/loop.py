@@ -128,12 +128,13 @@ def train_one_step(run: OnPolicyRun, prefetch_next: bool = False) -> dict[str, f
                            run.optim.grad_accum_steps, run.optim.grad_clip, s.temperature, run.dist,
                            wait_before_step=wait_before_step)
 
-    if s.ahead and prefetch_next:
+    ahead = bool(s.ahead and prefetch_next)
+    if ahead:
         (scalars, tok), waited = update_while_sampling(run, update)
         times = {**times, "time/update_exposed": waited}
     else:
         scalars, tok = update()
-    push_weights(run, later=bool(s.ahead and prefetch_next))
+    push_weights(run, later=ahead)
     t3 = time.perf_counter()  # advantage + update
 
     n_tokens = int(batch.gen_mask.sum())
