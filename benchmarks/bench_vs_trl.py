@@ -15,8 +15,12 @@ A B C A B C ...; see lockstep.py). Setups, by name:
     mopd-hf-bf16    mopd, transformers engine, teacher weights in bfloat16, update under bf16 autocast
     mopd-vllm-bf16-ahead  mopd-vllm-bf16 with sampling.ahead: 1 (the next batch is sampled and scored
                 while the update runs; its torch threads are split between the two sides)
+    mopd-vllm-bf16w  mopd-vllm-bf16 with the student's weights in bfloat16 (student.dtype) and float32
+                master weights in the optimiser (optim.master_weights), no autocast
+    mopd-vllm-bf16w-ahead  mopd-vllm-bf16w with sampling.ahead: 1
     trl         TRL DistillationTrainer, float32, transformers generate()
     trl-bf16    the same with bf16 autocast (mixed precision)
+    trl-bf16w   the same with student and teacher loaded in bfloat16 (AdamW on the bf16 weights)
     trl-vllm    the same generating with colocated vLLM (vllm_mode="colocate")
 
     python benchmarks/bench_vs_trl.py                        # mopd-vllm-bf16-ahead,mopd-vllm-bf16,mopd-hf,trl
@@ -48,8 +52,12 @@ SETUPS = {
     "mopd-vllm-bf16": "mopd (vLLM engine bf16, bf16 teacher, bf16 autocast)",
     "mopd-hf-bf16": "mopd (hf engine, bf16 teacher, bf16 autocast)",
     "mopd-vllm-bf16-ahead": "mopd (vLLM engine bf16, bf16 teacher, bf16 autocast, next batch sampled during the update)",
+    "mopd-vllm-bf16w": "mopd (vLLM engine bf16, bf16 teacher, bf16 student + fp32 master weights)",
+    "mopd-vllm-bf16w-ahead": "mopd (vLLM engine bf16, bf16 teacher, bf16 student + fp32 master weights, "
+                             "next batch sampled during the update)",
     "trl": "TRL (fp32, generate)",
     "trl-bf16": "TRL (bf16 autocast, generate)",
+    "trl-bf16w": "TRL (bf16 weights, generate)",
     "trl-vllm": "TRL (fp32, vLLM colocate)",
 }
 
@@ -99,9 +107,11 @@ def mopd_config(args, setup: str, student: str, teacher: str, prompts: str):
     from mopd.config.schema import RunConfig
 
     bf16 = "-bf16" in setup
+    bf16_weights = "-bf16w" in setup  # else a float32 student under bf16 autocast
     return RunConfig.model_validate({
         "output_dir": str(args.work_dir / f"{setup}-run"), "seed": 0,
-        "student": {"path": student, "attn_implementation": args.attn},
+        "student": {"path": student, "attn_implementation": args.attn,
+                    "dtype": "bfloat16" if bf16_weights else "float32"},
         "teachers": [{"name": "teacher", "model": {"path": teacher, "dtype": "bfloat16" if bf16 else "float32",
                                                    "attn_implementation": args.attn}}],
         "domains": [{"name": "chat", "prompts": {"path": prompts}, "teacher": "teacher"}],
@@ -113,7 +123,7 @@ def mopd_config(args, setup: str, student: str, teacher: str, prompts: str):
         "rollout": {"engine": "vllm" if "vllm" in setup else "hf", "enforce_eager": not args.vllm_compile,
                     "kv_cache_gb": 0.25,
                     "max_model_len": 512, "dtype": "bfloat16" if bf16 else None},
-        "distributed": {"device": args.device, "mixed_precision": "bf16" if bf16 else "no"},
+        "distributed": {"device": args.device, "mixed_precision": "bf16" if bf16 and not bf16_weights else "no"},
     })
 
 
@@ -126,7 +136,33 @@ def mopd_entry(conn, args, setup: str, student: str, teacher: str, prompts: str)
 
         return build_mopd_run(mopd_config(args, setup, student, teacher, prompts))
 
-    serve(conn, build, mopd_step)
+    serve(conn, build, mopd_step, lambda run: {"weights_moved": weights_moved(stepped_weights(run), student)})
+
+
+def stepped_weights(run) -> list[tuple[str, torch.Tensor, torch.dtype]]:
+    """(name, tensor the optimiser steps, dtype the model was loaded in) of the student's weights."""
+    from mopd.training.master_weights import MasterWeightsAdamW
+
+    named = [(n, p) for n, p in run.dist.unwrap(run.model).named_parameters() if p.requires_grad]
+    opt = getattr(run.optimizer, "optimizer", run.optimizer)  # inside accelerate's wrapper
+    if isinstance(opt, MasterWeightsAdamW):
+        return [(n, m, p.dtype) for (n, p), m in zip(named, opt.masters)]
+    return [(n, p, p.dtype) for n, p in named]
+
+
+def weights_moved(stepped: list[tuple[str, torch.Tensor, torch.dtype]], start_dir: str) -> float:
+    """Share of the weights the optimiser steps that differ from where training started. bf16
+    weights stepped in place lose every update below their rounding step (~1e-4 near 0.02)."""
+    from safetensors.torch import load_file
+
+    start = {}
+    for f in Path(start_dir).glob("*.safetensors"):
+        start.update(load_file(f))
+    moved = total = 0
+    for name, t, loaded in stepped:
+        moved += int((t.detach() != start[name].to(loaded).to(t.dtype)).sum())
+        total += t.numel()
+    return moved / total
 
 
 # ---------------------------------------------------------------- TRL
@@ -134,7 +170,9 @@ def mopd_entry(conn, args, setup: str, student: str, teacher: str, prompts: str)
 def trl_entry(conn, args, setup: str, student: str, teacher: str, prompts: str) -> None:
     """TRL's own loop (`trainer.train()`) in a thread, let through one optimiser step at a time."""
     worker_env(args, setup)
-    serve(conn, lambda: TRLStepper(args, setup, student, teacher), TRLStepper.step)
+    serve(conn, lambda: TRLStepper(args, setup, student, teacher), TRLStepper.step,
+          lambda t: {"weights_moved": weights_moved([(n, p, p.dtype) for n, p in t.trainer.model.named_parameters()
+                                                      if p.requires_grad], student)})
 
 
 class TRLStepper:
@@ -150,14 +188,15 @@ class TRLStepper:
             gradient_accumulation_steps=1, max_steps=10_000, learning_rate=args.lr, lr_scheduler_type="constant",
             max_grad_norm=1.0, max_completion_length=args.max_new_tokens, temperature=1.0,
             beta=1.0,  # reverse KL, as mopd; TRL's trainer is always on-policy (student-generated)
-            bf16=setup == "trl-bf16", gradient_checkpointing=False,  # TRL's defaults are True, True
+            bf16=setup in ("trl-bf16", "trl-bf16w"), gradient_checkpointing=False,  # TRL's defaults are True, True
             use_cpu=args.device == "cpu", logging_steps=10_000, save_strategy="no", report_to=[], disable_tqdm=True, seed=0,
             use_vllm=setup == "trl-vllm", vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
             vllm_max_model_length=512,
         )
         attn = {"attn_implementation": args.attn} if args.attn else {}
-        model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32, **attn)
-        teacher_model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32, **attn)
+        dtype = torch.bfloat16 if setup == "trl-bf16w" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(student, dtype=dtype, **attn)
+        teacher_model = AutoModelForCausalLM.from_pretrained(teacher, dtype=dtype, **attn)
         self.gen_s = self.teacher_s = 0.0
         self.go, self.reports = threading.Semaphore(0), queue.Queue()
         self.trainer = DistillationTrainer(model=model, teacher_model=teacher_model, args=cfg, train_dataset=data,
@@ -256,9 +295,10 @@ def main(argv=None) -> dict:
 
 def report(args, summary: dict, wall: float) -> dict:
     cols = ["setup", "completion tok/s", "tok per CPU-s", "step s", "generation s", "teacher s",
-            "update s", "peak RSS MiB"]
+            "update s", "peak RSS MiB", "weights moved %"]
     rows = [[s["setup"], s["tokens_per_s"], s["tokens_per_cpu_s"], s["median_step_s"], s["median_generation_s"],
-             s["median_teacher_s"], s["median_update_s"], s["peak_rss_mib"]] for s in summary.values()]
+             s["median_teacher_s"], s["median_update_s"], s["peak_rss_mib"], 100 * s["weights_moved"]]
+            for s in summary.values()]
     if args.device == "cuda":
         cols.append("peak GPU MiB")
         for row, s in zip(rows, summary.values()):
@@ -268,14 +308,18 @@ def report(args, summary: dict, wall: float) -> dict:
                 f"{args.device}, attention {args.attn or 'default'}{', vLLM compiled' if args.vllm_compile else ''})", cols, rows)
     trl = {k: v for k, v in summary.items() if k.startswith("trl")}
     best = max(trl, key=lambda k: trl[k]["tokens_per_s"]) if trl else None
-    ratios = {}
+    ratios, every = {}, {}
     for k, v in summary.items():
-        if k.startswith("mopd") and best:
-            ratios[k] = {"vs": best, "tokens_per_s": v["tokens_per_s"] / trl[best]["tokens_per_s"],
-                         "tokens_per_cpu_s": v["tokens_per_cpu_s"] / trl[best]["tokens_per_cpu_s"]}
-            print(f"{SETUPS[k]} / {SETUPS[best]}: {ratios[k]['tokens_per_s']:.2f}x completion tokens/s "
-                  f"({ratios[k]['tokens_per_cpu_s']:.2f}x per CPU-second)")
-    results = {"benchmark": "vs_trl", "ratios": ratios, "wall_s": wall,
+        if not k.startswith("mopd"):
+            continue
+        every[k] = {t: {"tokens_per_s": v["tokens_per_s"] / trl[t]["tokens_per_s"],
+                        "tokens_per_cpu_s": v["tokens_per_cpu_s"] / trl[t]["tokens_per_cpu_s"]} for t in trl}
+        for t, r in every[k].items():  # against every TRL setting, the fastest first
+            print(f"{SETUPS[k]} / {SETUPS[t]}{' (its fastest here)' if t == best else ''}: "
+                  f"{r['tokens_per_s']:.2f}x completion tokens/s ({r['tokens_per_cpu_s']:.2f}x per CPU-second)")
+        if best:
+            ratios[k] = {"vs": best, **every[k][best]}
+    results = {"benchmark": "vs_trl", "ratios": ratios, "ratios_vs_each_trl_setup": every, "wall_s": wall,
                "settings": {"setups": args.setups, "batch": BATCH, "max_new_tokens": args.max_new_tokens,
                             "lr": args.lr, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
                             "device": args.device, "attn": args.attn, "vllm_compile": args.vllm_compile},

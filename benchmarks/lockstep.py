@@ -36,8 +36,9 @@ class StepTimer:
         self.wall, self.cpu = time.perf_counter() - self.wall0, time.process_time() - self.cpu0
 
 
-def serve(conn, setup, step) -> None:
-    """Worker side: `setup()` returns a state; `step(state)` runs one step and returns a dict."""
+def serve(conn, setup, step, finish=None) -> None:
+    """Worker side: `setup()` returns a state; `step(state)` runs one step and returns a dict;
+    `finish(state)`, after the last step, returns a dict for the final report."""
     try:
         state = setup()
         mem = PeakRSS()
@@ -49,7 +50,7 @@ def serve(conn, setup, step) -> None:
             with StepTimer() as t:
                 out = step(state)
             conn.send(("step", {"step_s": t.wall, "cpu_s": t.cpu, **out}))
-        conn.send(("done", done_memory(mem)))
+        conn.send(("done", {**done_memory(mem), **(finish(state) if finish else {})}))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops the run
         conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-4000:]}"))
 

@@ -169,7 +169,7 @@ def build_mopd_run(cfg: RunConfig, output_dir: str | None = None) -> OnPolicyRun
     router = TeacherRouter(teachers, {d.name: d.teacher for d in cfg.domains})
     examples, verifiers = build_domains(cfg, tok, context_length(student))
     sampler = MixtureSampler(examples, {d.name: d.weight for d in cfg.domains}, seed=cfg.seed)
-    optimizer, scheduler = build_optimizer(student, cfg.optim)
+    optimizer, scheduler = build_optimizer(student, cfg.optim, dist.keeps_master_weights)
     engine = build_engine(cfg, student, tok)
     model, optimizer, scheduler = dist.prepare(student, optimizer, scheduler)
     return OnPolicyRun(

@@ -37,6 +37,7 @@ class Local:
     rank, world, is_main = 0, 1, True
     device = torch.device("cpu")
     has_loss_scaler = False
+    keeps_master_weights = False  # the backend keeps float32 copies of 16-bit weights itself
 
     def prepare(self, model, optimizer, scheduler):
         return model, optimizer, scheduler
@@ -116,6 +117,7 @@ class Accelerated(Local):
             raise ValueError("FSDP1 is not supported: set fsdp_version: 2 in the accelerate config "
                              "(examples/accelerate/fsdp2.yaml)")
         self.wrapped = self.kind != DistributedType.NO
+        self.keeps_master_weights = self.deepspeed or self.fsdp2
 
     @classmethod
     def from_config(cls, cfg: DistributedConfig) -> "Accelerated":

@@ -84,7 +84,7 @@ def run_sft(model, tokenizer, examples: list[Example], optim: OptimConfig, setti
     if settings.batch_size < dist.world:
         raise ValueError(f"SFT batch size {settings.batch_size} is smaller than the {dist.world} processes")
     data = sft_rollouts(examples, tokenizer)
-    optimizer, scheduler = build_optimizer(model, optim)
+    optimizer, scheduler = build_optimizer(model, optim, dist.keeps_master_weights)
     wrapped, optimizer, scheduler = dist.prepare(model, optimizer, scheduler)
     device = next(wrapped.parameters()).device  # prepare may have moved it to the rank's device
     trainable = dist.trainable(wrapped)
