@@ -182,7 +182,7 @@ def print_table(title: str, columns: list[str], rows: list[list]) -> None:
         table.add_column(c, justify="right" if c != columns[0] else "left")
     for r in rows:
         table.add_row(*[f"{v:,.2f}" if isinstance(v, float) else str(v) for v in r])
-    Console(width=max(120, Console().width)).print(table)
+    Console(width=max(160, Console().width)).print(table)
 
 
 def write_json(path: Path, results: dict) -> None:
