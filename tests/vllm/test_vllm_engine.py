@@ -101,3 +101,41 @@ def test_new_weights_reach_the_engine_after_an_update(setup):
         engine.sync_weights(model)
     _, back = sample(engine, tok, seed=2)
     assert [c.token_ids for c in back] == [c.token_ids for c in before]
+
+
+def _engine_weights(worker) -> dict[str, torch.Tensor]:
+    # Runs inside vLLM's worker: the norms, which vLLM keeps as loaded (linear layers are re-packed).
+    return {k: v.detach().clone() for k, v in worker.model_runner.model.state_dict().items() if "norm" in k}
+
+
+def test_a_bf16_students_master_weight_step_reaches_a_bf16_engine():
+    """A bf16 student trained through float32 master weights: the push carries the rounded
+    weights as they are into a bf16 engine, and sampling follows them."""
+    from mopd.training.master_weights import MasterWeightsAdamW
+
+    model, tok = vllm_tiny(seed=4)
+    model.to(torch.bfloat16)
+    engine = VLLMRolloutEngine(model, [tok.eos_token_id], OPTS.model_copy(update={'dtype': None}), seed=0)
+    try:
+        prompts, before = sample(engine, tok, seed=2)
+        old = copy.deepcopy(model)
+        opt = MasterWeightsAdamW(model.parameters(), lr=0.02)
+        loss = -sum(trainer_logprobs(model, p, c.token_ids, grad=True).sum() for p, c in zip(prompts, before))
+        loss.backward()
+        opt.step()
+        engine.sync_weights(model)
+        pushed = engine.llm.collective_rpc(_engine_weights)[0]
+        ours = {k: v for k, v in model.state_dict().items() if "norm" in k}
+        assert pushed.keys() == ours.keys() and len(ours) > 2
+        for k, v in ours.items():  # bit for bit: the weights are pushed as the trainer holds them
+            assert pushed[k].dtype == torch.bfloat16 and torch.equal(pushed[k], v), k
+        assert any(not torch.equal(v, old.state_dict()[k]) for k, v in ours.items())
+        _, after = sample(engine, tok, seed=2)
+        gap_new = gap_old = 0.0
+        for p, c in zip(prompts, after):  # bf16 kernels differ in rounding; the new model is far closer
+            lp = torch.tensor(c.logprobs)
+            gap_new = max(gap_new, float((lp - trainer_logprobs(model, p, c.token_ids).float()).abs().max()))
+            gap_old = max(gap_old, float((lp - trainer_logprobs(old, p, c.token_ids).float()).abs().max()))
+        assert gap_new < 0.1 < gap_old, (gap_new, gap_old)
+    finally:
+        engine.close()
