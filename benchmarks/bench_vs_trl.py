@@ -166,7 +166,7 @@ def weights_moved(stepped: list[tuple[str, torch.Tensor, torch.dtype]], start_di
         start.update(load_file(f))
     moved = total = 0
     for name, t, loaded in stepped:
-        moved += int((t.detach() != start[name].to(loaded).to(t.dtype)).sum())
+        moved += int((t.detach() != start[name].to(device=t.device, dtype=loaded).to(t.dtype)).sum())
         total += t.numel()
     return moved / total
 
@@ -328,7 +328,7 @@ def report(args, summary: dict, wall: float) -> dict:
             continue
         every[k] = {t: {"tokens_per_s": v["tokens_per_s"] / trl[t]["tokens_per_s"],
                         "tokens_per_cpu_s": v["tokens_per_cpu_s"] / trl[t]["tokens_per_cpu_s"]} for t in trl}
-        for t, r in every[k].items():  # against every TRL setting, the fastest first
+        for t, r in every[k].items():  # against every TRL setting measured
             print(f"{SETUPS[k]} / {SETUPS[t]}{' (the headline)' if t == best else ''}: "
                   f"{r['tokens_per_s']:.2f}x completion tokens/s ({r['tokens_per_cpu_s']:.2f}x per CPU-second)")
         if best:
