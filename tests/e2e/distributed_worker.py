@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from mopd.build import build_mopd_run
 from mopd.config.load import load_config
 from mopd.config.schema import LoggingConfig, OptimConfig, RunConfig
@@ -29,7 +31,7 @@ def digest(model) -> str:
         if hasattr(tensor, "full_tensor"):  # an FSDP2 shard: digest the whole parameter
             tensor = tensor.full_tensor()
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
     return h.hexdigest()
 
 
@@ -58,6 +60,7 @@ def main(config: str, out: str) -> None:
     d = straight.dist
     (out_dir / f"rank{d.rank}.json").write_text(json.dumps({
         "rank": d.rank, "world": d.world, "wrapper": type(straight.model).__name__,
+        "optimizer": type(getattr(straight.optimizer, "optimizer", straight.optimizer)).__name__,
         "initial": initial, "straight": digest(d.unwrap(straight.model)),
         "resumed": digest(second.dist.unwrap(second.model)), "steps": [straight.step, second.step],
         "prompts": prompts, "sft": sft(cfg),

@@ -31,12 +31,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(tmp_path: Path) -> Path:
+def write_config(tmp_path: Path, dtype: str = "float32") -> Path:
     tok = char_tokenizer()
     save_pretrained(tiny_model(tok, seed=11), tok, tmp_path / "teacher")
     cfg = {
         "seed": 5,
-        "student": {"tiny": {"seed": 1}},
+        "student": {"tiny": {"seed": 1}, "dtype": dtype},
         "teachers": [{"name": "t", "model": {"path": str(tmp_path / "teacher")}}, {"name": "me", "kind": "self"}],
         "domains": [{"name": "rev", "prompts": {"builtin": "reversal", "params": {"n_train": 40, "n_eval": 5}},
                      "teacher": "t"},
@@ -71,6 +71,7 @@ def test_two_cpu_processes_train_one_model(tmp_path):
 
     assert [r["world"] for r in ranks] == [2, 2]
     assert [r["wrapper"] for r in ranks] == ["DistributedDataParallel"] * 2
+    assert [r["optimizer"] for r in ranks] == ["AdamW"] * 2
     assert ranks[0]["straight"] == ranks[1]["straight"]  # gradients were averaged: one model
     assert ranks[0]["straight"] != ranks[0]["initial"]  # and it trained
     assert ranks[0]["resumed"] == ranks[0]["straight"] == ranks[1]["resumed"]  # resume reproduces
@@ -88,3 +89,12 @@ def test_two_cpu_processes_train_one_model(tmp_path):
     assert [m["step"] for m in read_metrics(tmp_path / "out" / "straight" / "metrics.jsonl")] == [1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "out" / "straight" / "checkpoints").iterdir()) == [
         "step-000001", "step-000002", "step-000003"]
+
+
+def test_two_cpu_processes_train_a_bf16_student_through_master_weights(tmp_path):
+    done = launch(write_config(tmp_path, dtype="bfloat16"), tmp_path / "out")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["optimizer"] for r in ranks] == ["MasterWeightsAdamW"] * 2  # under DDP, as on one process
+    assert ranks[0]["straight"] == ranks[1]["straight"] != ranks[0]["initial"]  # one model, and it trained
+    assert ranks[0]["resumed"] == ranks[0]["straight"] == ranks[1]["resumed"]  # the copies resume too
