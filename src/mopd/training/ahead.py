@@ -87,7 +87,9 @@ def update_while_sampling(run: OnPolicyRun, update: Callable[[Callable], tuple])
     pushed = threading.Event()  # the engine has read the weights: the optimiser may change them
 
     def in_worker():
-        torch.set_num_threads(threads)  # a new thread starts with the library default
+        if torch.get_num_threads() != threads:  # a new thread may start with the library default
+            # (in-process vLLM on a CPU replaces set_num_threads by a no-op that logs a warning)
+            torch.set_num_threads(threads)
         return update(pushed.wait)
 
     state = run.sampler.state_dict()
