@@ -147,10 +147,11 @@ def mopd_entry(conn, args, setup: str, student: str, teacher: str, prompts: str)
 
 def stepped_weights(run) -> list[tuple[str, torch.Tensor, torch.dtype]]:
     """(name, tensor the optimiser steps, dtype the model was loaded in) of the student's weights."""
+    from mopd.training.distributed import inner_optimizer
     from mopd.training.master_weights import MasterWeightsAdamW
 
     named = [(n, p) for n, p in run.dist.unwrap(run.model).named_parameters() if p.requires_grad]
-    opt = getattr(run.optimizer, "optimizer", run.optimizer)  # inside accelerate's wrapper
+    opt = inner_optimizer(run.optimizer)
     if isinstance(opt, MasterWeightsAdamW):
         return [(n, m, p.dtype) for (n, p), m in zip(named, opt.masters)]
     return [(n, p, p.dtype) for n, p in named]

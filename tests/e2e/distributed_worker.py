@@ -20,7 +20,7 @@ from mopd.config.load import load_config
 from mopd.config.schema import LoggingConfig, OptimConfig, RunConfig
 from mopd.domains.registry import build_domain
 from mopd.models.tiny import char_tokenizer, tiny_model
-from mopd.training.distributed import Accelerated
+from mopd.training.distributed import Accelerated, inner_optimizer
 from mopd.training.loop import run_onpolicy
 from mopd.training.sft import SFTSettings, run_sft
 
@@ -60,7 +60,7 @@ def main(config: str, out: str) -> None:
     d = straight.dist
     (out_dir / f"rank{d.rank}.json").write_text(json.dumps({
         "rank": d.rank, "world": d.world, "wrapper": type(straight.model).__name__,
-        "optimizer": type(getattr(straight.optimizer, "optimizer", straight.optimizer)).__name__,
+        "optimizer": type(inner_optimizer(straight.optimizer)).__name__,
         "initial": initial, "straight": digest(d.unwrap(straight.model)),
         "resumed": digest(second.dist.unwrap(second.model)), "steps": [straight.step, second.step],
         "prompts": prompts, "sft": sft(cfg),

@@ -231,6 +231,11 @@ class Accelerated(Local):
             self.acc.scaler.load_state_dict(state)
 
 
+def inner_optimizer(optimizer):
+    """The optimizer itself: accelerate's AcceleratedOptimizer wraps the one it was given."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
 def check_engines(cfg, world: int) -> None:
     """vLLM engines inside the training process are built for one process: refused across several."""
     if world > 1 and (cfg.rollout.engine == "vllm" or any(t.kind == "vllm" for t in cfg.teachers)):

@@ -13,6 +13,8 @@ need the whole model instead:
 
 from __future__ import annotations
 
+from mopd.training.distributed import inner_optimizer
+
 
 def _fsdp_modules(model) -> list:
     from torch.distributed.fsdp import FSDPModule
@@ -78,10 +80,6 @@ class _FullOptimizer:
         return self._state
 
 
-def _inner_optimizer(optimizer):
-    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
-
-
 def full_model(accelerator, model) -> _FullModel:
     """Gather the full state dict (a collective: every rank calls it; rank 0 gets the tensors)."""
     return _FullModel(accelerator.unwrap_model(model), accelerator.get_state_dict(model))
@@ -91,7 +89,7 @@ def full_optimizer(model, optimizer) -> _FullOptimizer:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return _FullOptimizer(get_optimizer_state_dict(model, _inner_optimizer(optimizer), options=options))
+    return _FullOptimizer(get_optimizer_state_dict(model, inner_optimizer(optimizer), options=options))
 
 
 def load_full_model(model, state: dict) -> None:
@@ -103,6 +101,6 @@ def load_full_model(model, state: dict) -> None:
 def load_full_optimizer(model, optimizer, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, _inner_optimizer(optimizer), state,
+    set_optimizer_state_dict(model, inner_optimizer(optimizer), state,
                              options=StateDictOptions(full_state_dict=True))
 

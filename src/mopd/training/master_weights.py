@@ -32,16 +32,17 @@ class MasterWeightsAdamW(torch.optim.AdamW):
     def step(self, closure=None):
         if closure is not None:
             raise NotImplementedError("MasterWeightsAdamW takes no closure")
-        pairs = []
+        grads, model_grads = [], []
         for p, m in zip(self.model_params, self.masters):
             if p.grad is None:
                 m.grad = None  # AdamW skips it, as it would skip p
                 continue
             if m.grad is None:  # kept from step to step: a fresh 4-byte buffer each step costs more
                 m.grad = torch.empty_like(m)
-            pairs.append((m.grad, p.grad))
-        if pairs:
-            torch._foreach_copy_(*map(list, zip(*pairs)))
+            grads.append(m.grad)
+            model_grads.append(p.grad)
+        if grads:
+            torch._foreach_copy_(grads, model_grads)
         super().step()
         torch._foreach_copy_(self.model_params, self.masters)
         return None
@@ -57,7 +58,8 @@ class MasterWeightsAdamW(torch.optim.AdamW):
                 p.grad.zero_()
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "master_weights": [m.detach().clone() for m in self.masters]}
+        # The live tensors, as torch's own state_dict hands out its moments: no copy of the model's size.
+        return {**super().state_dict(), "master_weights": list(self.masters)}
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: dict) -> None:
