@@ -16,8 +16,8 @@ from mopd.config.schema import RunConfig
 from mopd.data.mixture import MixtureSampler
 from mopd.domains.base import Example
 from mopd.models.tiny import char_tokenizer, tiny_model
-from mopd.training.distributed import (RankShard, ThroughWrapper, build_accelerator, check_engines,
-                                      combine_metrics)
+from mopd.training.distributed import (Accelerated, RankShard, ThroughWrapper, _warn_if_launch_setting_dropped,
+                                      build_accelerator, check_engines, combine_metrics)
 from mopd.training.loop import run_onpolicy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +63,33 @@ def test_gpu_settings_without_a_gpu_fail_at_build():
         build_accelerator(load(base(device="cuda")).distributed)
     with pytest.raises(ValueError, match="fp16.*needs a GPU"):
         build_accelerator(load(base(mixed_precision="fp16")).distributed)  # auto falls back to the CPU
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what accelerate does on CPU processes")
+def test_a_launch_asking_for_fsdp_on_the_cpu_warns_that_it_is_dropped(monkeypatch, caplog):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp2.yaml` sets
+    with caplog.at_level("WARNING", logger="mopd.training.distributed"):
+        dist = Accelerated.from_config(load(base(device="cpu")).distributed)
+        Accelerated.from_config(load(base(device="cpu")).distributed)  # a run builds several
+    assert not dist.fsdp2
+    assert caplog.text.count("asked for FSDP, but accelerate runs this as NO") == 1  # said once
+    caplog.clear()
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    Accelerated.from_config(load(base(device="cpu")).distributed)
+    assert "asked for" not in caplog.text  # a plain launch: nothing to say
+
+
+def test_a_dropped_deepspeed_launch_is_named_too(monkeypatch, caplog):
+    # Without DeepSpeed installed accelerate itself refuses the launch; with it, on CPU processes
+    # it would run without it. The check, given what accelerate decided:
+    from accelerate.utils import DistributedType
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with caplog.at_level("WARNING", logger="mopd.training.distributed"):
+        _warn_if_launch_setting_dropped(DistributedType.DEEPSPEED)
+        assert not caplog.text
+        _warn_if_launch_setting_dropped(DistributedType.MULTI_CPU)
+    assert "asked for DEEPSPEED, but accelerate runs this as MULTI_CPU" in caplog.text
 
 
 def test_in_process_vllm_is_refused_across_processes():

@@ -20,12 +20,17 @@ How a step is split across ranks:
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import math
+import os
 from types import SimpleNamespace
 
 import torch
 
 from mopd.config.schema import DistributedConfig
+
+log = logging.getLogger(__name__)
 
 # Metrics that add up over ranks; every other one is averaged.
 SUMMED_METRICS = ("completion_tokens", "sequences", "tokens_per_s")
@@ -118,6 +123,8 @@ class Accelerated(Local):
                              "(examples/accelerate/fsdp2.yaml)")
         self.wrapped = self.kind != DistributedType.NO
         self.keeps_master_weights = self.deepspeed or self.fsdp2
+        if self.is_main:
+            _warn_if_launch_setting_dropped(self.kind)
 
     @classmethod
     def from_config(cls, cfg: DistributedConfig) -> "Accelerated":
@@ -259,6 +266,25 @@ def build_accelerator(cfg: DistributedConfig):
     _fresh_state_if_alone(cpu, cfg.mixed_precision)
     # The scheduler steps once per optimizer step: prompts_per_step is already the global batch.
     return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
+
+
+def _warn_if_launch_setting_dropped(kind) -> None:
+    """accelerate applies a launch config's FSDP or DeepSpeed only on GPU-like devices; on CPU
+    processes it silently runs DDP (or one process). Say so: the user asked for sharding."""
+    from accelerate.utils import DistributedType
+
+    asked = tuple(wanted for var, wanted in (("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+                                              ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED))
+                  if os.environ.get(var, "false").lower() == "true" and kind != wanted)
+    if asked:
+        _warn_dropped(kind, asked)
+
+
+@functools.cache  # once per process: a run builds several accelerators (stages, SFT)
+def _warn_dropped(kind, asked: tuple) -> None:
+    for wanted in asked:
+        log.warning("the launch asked for %s, but accelerate runs this as %s (it applies %s only on GPUs, "
+                    "not on CPU processes): the model is not sharded", wanted.value, kind.value, wanted.value)
 
 
 def _fresh_state_if_alone(cpu: bool, mixed_precision: str) -> None:
