@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+
+
+def free_port() -> int:
+    """A free local TCP port (for `accelerate launch --main_process_port`)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def distill_cli(tmp_path: Path, cfg: dict) -> list[dict]:

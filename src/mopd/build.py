@@ -162,7 +162,7 @@ def context_length(model) -> int | None:
 
 def build_mopd_run(cfg: RunConfig, output_dir: str | None = None) -> OnPolicyRun:
     dist = Accelerated.from_config(cfg.distributed)  # this process's device and rank
-    check_engines(cfg, dist.world)
+    check_engines(cfg, dist.world, sharded=dist.fsdp2)
     student, tok = build_model(cfg.student)
     student.to(dist.device)  # before the teachers: local ones (and 'self' copies) follow it
     teachers = build_teachers(cfg, student, tok)

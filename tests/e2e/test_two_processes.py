@@ -10,25 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
+from cli_runs import free_port
 from mopd.models.loading import save_pretrained
 from mopd.models.tiny import char_tokenizer, tiny_model
 from mopd.training.metrics import read_metrics
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 STEPS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp_path: Path, dtype: str = "float32") -> Path:

@@ -92,12 +92,16 @@ def test_a_dropped_deepspeed_launch_is_named_too(monkeypatch, caplog):
     assert "asked for DEEPSPEED, but accelerate runs this as MULTI_CPU" in caplog.text
 
 
-def test_in_process_vllm_is_refused_across_processes():
+def test_in_process_vllm_is_refused_only_where_fsdp2_shards_the_weights():
     cfg = load({**base(), "rollout": {"engine": "vllm"}})
-    check_engines(cfg, 1)  # one process: fine
-    with pytest.raises(ValueError, match="rollout.engine 'vllm'.*2 processes"):
-        check_engines(cfg, 2)
-    check_engines(load(base()), 2)
+    check_engines(cfg, 1)  # one process
+    check_engines(cfg, 2)  # one engine per rank (DDP, DeepSpeed ZeRO-2): tests/vllm/test_vllm_two_processes.py
+    check_engines(cfg, 1, sharded=True)  # FSDP2 alone in one process holds every weight
+    with pytest.raises(ValueError, match="rollout.engine 'vllm'.*FSDP2 shards"):
+        check_engines(cfg, 2, sharded=True)
+    teacher = load({**base(), "teachers": [{"name": "me", "kind": "vllm", "model": {"path": "some/dir"}}]})
+    check_engines(teacher, 2, sharded=True)  # a vLLM teacher loads its own weights
+    check_engines(load(base()), 2, sharded=True)  # no vLLM
 
 
 def test_example_configs_load():

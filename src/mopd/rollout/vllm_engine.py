@@ -56,6 +56,10 @@ def start_llm(model_dir: str, opts: VLLMOptions, dtype: str, seed: int = 0, **kw
         raise RuntimeError("vLLM cached VLLM_ENABLE_V1_MULTIPROCESSING=1 before mopd started its engine; "
                            "mopd runs vLLM in-process: unset it")
     kv = {"kv_cache_memory_bytes": int(opts.kv_cache_gb * 2**30)} if opts.kv_cache_gb else {}
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        # One engine in each training process, sampling that rank's share of the prompts: vLLM
+        # joins the launcher's processes (as TRL's colocate mode does) rather than spawning its own.
+        kw.setdefault("distributed_executor_backend", "external_launcher")
     # Without a tokenizer vLLM's chat-template warm-up logs a traceback; it is harmless.
     logging.getLogger("vllm.renderers.base").setLevel(logging.ERROR)
     # Pushing fp32 weights into a bf16 engine warns once per tensor at every push; vLLM converts

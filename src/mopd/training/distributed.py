@@ -243,12 +243,14 @@ def inner_optimizer(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
-def check_engines(cfg, world: int) -> None:
-    """vLLM engines inside the training process are built for one process: refused across several."""
-    if world > 1 and (cfg.rollout.engine == "vllm" or any(t.kind == "vllm" for t in cfg.teachers)):
-        raise ValueError(f"rollout.engine 'vllm' and teachers of kind 'vllm' run inside a single training "
-                         f"process; with {world} processes use rollout.engine 'hf' and teachers of kind 'hf' "
-                         "or 'remote' (a vLLM server, see docs/distributed.md)")
+def check_engines(cfg, world: int, sharded: bool = False) -> None:
+    """A vLLM rollout engine runs in each training process (vLLM joins the launcher's processes)
+    and takes that process's whole weights at every push, which FSDP2 does not hold. (vLLM
+    teachers load their own weights, so they run under any backend.)"""
+    if world > 1 and sharded and cfg.rollout.engine == "vllm":
+        raise ValueError("rollout.engine 'vllm' runs one engine in each training process and pushes it that "
+                         "process's whole weights, which FSDP2 shards; under FSDP2 use rollout.engine 'hf', "
+                         "or DDP / DeepSpeed ZeRO-2 with 'vllm'")
 
 
 def build_accelerator(cfg: DistributedConfig):

@@ -1,0 +1,63 @@
+"""`mopd distill` in two training processes (DDP over gloo, started by `accelerate launch`), each
+with its own in-process vLLM rollout engine and vLLM teacher, as on a node of GPUs.
+
+vLLM joins the launcher's processes (`external_launcher`) instead of starting its own. The
+importance-sampling bounds are +-0.1%, so `masked == 0` at every step (averaged over both
+ranks) says that every update's weights reached both ranks' engines before their next rollouts.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoModelForCausalLM
+
+from cli_runs import free_port
+from mopd.models.tiny import char_tokenizer, tiny_model
+from mopd.training.metrics import read_metrics
+from tiny_vllm import OPTS
+
+pytestmark = pytest.mark.vllm
+STEPS = 3
+
+
+def test_two_processes_each_sample_with_their_own_vllm_engine(teacher_dir, tmp_path):
+    vllm_opts = OPTS.model_dump(exclude_none=True)
+    params = {"min_len": 3, "max_len": 5, "n_train": 64, "n_eval": 8, "seed": 0}
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "student": {"tiny": {"num_heads": 2}},
+        "teachers": [{"name": "t", "kind": "vllm", "model": {"path": str(teacher_dir)}, "vllm": vllm_opts}],
+        "domains": [{"name": "reversal", "prompts": {"builtin": "reversal", "params": params}, "teacher": "t"}],
+        "algorithm": {"is_correction": {"eps_low": 0.999, "eps_high": 1.001}},
+        "sampling": {"prompts_per_step": 8, "max_new_tokens": 8},
+        "optim": {"steps": STEPS, "lr": 1e-2},
+        "rollout": {"engine": "vllm", **vllm_opts},
+        "logging": {"progress": False},
+        "distributed": {"device": "cpu"},
+    }
+    path = tmp_path / "mopd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "mopd.cli", "distill", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=480)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    # Each rank's two engines (rollouts, teacher) joined the launcher's processes: on GPUs that is
+    # what puts each rank's engine on its own device (a lone engine takes the first one).
+    assert (done.stdout + done.stderr).count("Using external launcher for distributed inference") == 4
+
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
+    for m in metrics:
+        assert m["sequences"] == 8, m  # summed over the ranks: 4 rollouts from each engine
+        assert m["masked/all"] == 0.0, m  # both engines sampled from the trainer's current weights
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    init = tiny_model(char_tokenizer(), num_heads=2, seed=0)
+    moved = max(float((a - b).abs().max()) for a, b in zip(final.state_dict().values(), init.state_dict().values()))
+    assert moved > 1e-3, moved  # the weights moved, so a stale engine would have shown
