@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from mopd.models.tiny import char_tokenizer, tiny_model
 from cli_runs import distill_cli
 from mopd.rollout.vllm_engine import VLLMRolloutEngine
-from tiny_vllm import OPTS
+from tiny_vllm import distill_config
 
 pytestmark = pytest.mark.vllm
 STEPS = 4
@@ -28,19 +28,7 @@ def test_distill_with_vllm_rollouts_and_teacher(teacher_dir, tmp_path, monkeypat
         real_push(engine)
 
     monkeypatch.setattr(VLLMRolloutEngine, "_push", counted_push)
-    vllm_opts = OPTS.model_dump(exclude_none=True)
-    params = {"min_len": 3, "max_len": 5, "n_train": 64, "n_eval": 8, "seed": 0}
-    cfg = {
-        "output_dir": str(tmp_path / "run"),
-        "student": {"tiny": {"num_heads": 2}},  # built in code: vLLM gets its weights by push only
-        "teachers": [{"name": "t", "kind": "vllm", "model": {"path": str(teacher_dir)}, "vllm": vllm_opts}],
-        "domains": [{"name": "reversal", "prompts": {"builtin": "reversal", "params": params}, "teacher": "t"}],
-        "algorithm": {"is_correction": {"eps_low": 0.999, "eps_high": 1.001}},
-        "sampling": {"prompts_per_step": 8, "max_new_tokens": 8},
-        "optim": {"steps": STEPS, "lr": 1e-2},
-        "rollout": {"engine": "vllm", **vllm_opts},
-        "logging": {"progress": False},
-    }
+    cfg = distill_config(tmp_path / "run", teacher_dir, STEPS)
     metrics = distill_cli(tmp_path, cfg)
     assert len(metrics) == STEPS
     assert len(pushes) == STEPS + 1  # the initial weights, then one push after each update

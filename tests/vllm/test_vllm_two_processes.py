@@ -18,27 +18,14 @@ from transformers import AutoModelForCausalLM
 from cli_runs import free_port
 from mopd.models.tiny import char_tokenizer, tiny_model
 from mopd.training.metrics import read_metrics
-from tiny_vllm import OPTS
+from tiny_vllm import distill_config
 
 pytestmark = pytest.mark.vllm
 STEPS = 3
 
 
 def test_two_processes_each_sample_with_their_own_vllm_engine(teacher_dir, tmp_path):
-    vllm_opts = OPTS.model_dump(exclude_none=True)
-    params = {"min_len": 3, "max_len": 5, "n_train": 64, "n_eval": 8, "seed": 0}
-    cfg = {
-        "output_dir": str(tmp_path / "run"),
-        "student": {"tiny": {"num_heads": 2}},
-        "teachers": [{"name": "t", "kind": "vllm", "model": {"path": str(teacher_dir)}, "vllm": vllm_opts}],
-        "domains": [{"name": "reversal", "prompts": {"builtin": "reversal", "params": params}, "teacher": "t"}],
-        "algorithm": {"is_correction": {"eps_low": 0.999, "eps_high": 1.001}},
-        "sampling": {"prompts_per_step": 8, "max_new_tokens": 8},
-        "optim": {"steps": STEPS, "lr": 1e-2},
-        "rollout": {"engine": "vllm", **vllm_opts},
-        "logging": {"progress": False},
-        "distributed": {"device": "cpu"},
-    }
+    cfg = {**distill_config(tmp_path / "run", teacher_dir, STEPS), "distributed": {"device": "cpu"}}
     path = tmp_path / "mopd.yaml"
     path.write_text(yaml.safe_dump(cfg))
     accelerate = Path(sys.executable).with_name("accelerate")

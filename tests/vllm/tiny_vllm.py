@@ -29,3 +29,22 @@ def batch_of(rows: list[tuple[int, int]], seed: int = 0):
 
 # (prompt, completion) lengths; the last spans a 128-token KV-cache block.
 ROWS = [(3, 5), (10, 1), (1, 20), (6, 9), (140, 12)]
+
+
+def distill_config(output_dir, teacher_dir, steps: int) -> dict:
+    """`mopd distill` with a vLLM rollout engine and a vLLM teacher on tiny models. The IS bounds
+    are +-0.1%: a token is masked as soon as the engine's log-prob differs from the trainer's, so
+    `masked == 0` at a step says that the last update's weights reached the engine."""
+    vllm_opts = OPTS.model_dump(exclude_none=True)
+    params = {"min_len": 3, "max_len": 5, "n_train": 64, "n_eval": 8, "seed": 0}
+    return {
+        "output_dir": str(output_dir),
+        "student": {"tiny": {"num_heads": 2}},  # built in code: vLLM gets its weights by push only
+        "teachers": [{"name": "t", "kind": "vllm", "model": {"path": str(teacher_dir)}, "vllm": vllm_opts}],
+        "domains": [{"name": "reversal", "prompts": {"builtin": "reversal", "params": params}, "teacher": "t"}],
+        "algorithm": {"is_correction": {"eps_low": 0.999, "eps_high": 1.001}},
+        "sampling": {"prompts_per_step": 8, "max_new_tokens": 8},
+        "optim": {"steps": steps, "lr": 1e-2},
+        "rollout": {"engine": "vllm", **vllm_opts},
+        "logging": {"progress": False},
+    }
