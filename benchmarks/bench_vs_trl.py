@@ -285,13 +285,11 @@ def push_by_reload(vllm) -> None:
     `load_weights`, which on vLLM's CPU backend finds layers already re-packed for oneDNN
     (`'Parameter' object has no attribute 'weight_loader'`); `reload_weights` restores the loading
     layout first. The same tensors TRL would push, in one call."""
+    from mopd.rollout.vllm_engine import reload_in_worker
+
     weights = [(name, t.detach()) for name, t in vllm._iter_named_params()]
-    vllm.llm.collective_rpc(_reload_in_worker, args=(weights,))
+    vllm.llm.collective_rpc(reload_in_worker, args=(weights,))
     vllm.llm.reset_prefix_cache()
-
-
-def _reload_in_worker(worker, weights) -> None:
-    worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
 
 
 # ---------------------------------------------------------------- parent

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -11,6 +14,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def launch_two_cpu_processes(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """`accelerate launch` of two ranks on the CPU (gloo), as on GPUs: `args` is what follows the
+    launcher's own options (a script and its arguments, or `-m mopd.cli ...`)."""
+    # --multi_gpu makes accelerate start one process per rank (torchrun); with device 'cpu' in
+    # the config each of them trains on the CPU over gloo. (`--cpu` alone starts one process.)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def distill_cli(tmp_path: Path, cfg: dict) -> list[dict]:

@@ -9,14 +9,12 @@ loop, under the same accelerator, must also end with one model on both ranks.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from cli_runs import free_port
+from cli_runs import launch_two_cpu_processes
 from mopd.models.loading import save_pretrained
 from mopd.models.tiny import char_tokenizer, tiny_model
 from mopd.training.metrics import read_metrics
@@ -48,14 +46,7 @@ def write_config(tmp_path: Path, dtype: str = "float32") -> Path:
 
 
 def launch(config: Path, out: Path) -> subprocess.CompletedProcess:
-    # --multi_gpu makes accelerate start one process per rank (torchrun); with device 'cpu' in
-    # the config each of them trains on the CPU over gloo. (`--cpu` alone starts one process.)
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           str(WORKER), str(config), str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    return launch_two_cpu_processes([str(WORKER), str(config), str(out)], timeout=240)
 
 
 def test_two_cpu_processes_train_one_model(tmp_path):

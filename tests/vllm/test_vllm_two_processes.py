@@ -6,16 +6,11 @@ importance-sampling bounds are +-0.1%, so `masked == 0` at every step (averaged 
 ranks) says that every update's weights reached both ranks' engines before their next rollouts.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 from transformers import AutoModelForCausalLM
 
-from cli_runs import free_port
+from cli_runs import launch_two_cpu_processes
 from mopd.models.tiny import char_tokenizer, tiny_model
 from mopd.training.metrics import read_metrics
 from tiny_vllm import distill_config
@@ -28,12 +23,7 @@ def test_two_processes_each_sample_with_their_own_vllm_engine(teacher_dir, tmp_p
     cfg = {**distill_config(tmp_path / "run", teacher_dir, STEPS), "distributed": {"device": "cpu"}}
     path = tmp_path / "mopd.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "mopd.cli", "distill", str(path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=480)
+    done = launch_two_cpu_processes(["-m", "mopd.cli", "distill", str(path)], timeout=480)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     # Each rank's two engines (rollouts, teacher) joined the launcher's processes: on GPUs that is
     # what puts each rank's engine on its own device (a lone engine takes the first one).

@@ -56,7 +56,8 @@ def start_llm(model_dir: str, opts: VLLMOptions, dtype: str, seed: int = 0, **kw
         raise RuntimeError("vLLM cached VLLM_ENABLE_V1_MULTIPROCESSING=1 before mopd started its engine; "
                            "mopd runs vLLM in-process: unset it")
     kv = {"kv_cache_memory_bytes": int(opts.kv_cache_gb * 2**30)} if opts.kv_cache_gb else {}
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         # One engine in each training process, sampling that rank's share of the prompts: vLLM
         # joins the launcher's processes (as TRL's colocate mode does) rather than spawning its own.
         kw.setdefault("distributed_executor_backend", "external_launcher")
@@ -106,7 +107,7 @@ def check_head_dim(config, who: str, supported: list[int] | None = None) -> None
             f"hidden_size 64 gives 32), or the 'hf' rollout engine / teacher kind.")
 
 
-def _reload(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
+def reload_in_worker(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
     # Runs inside vLLM's worker (same process): vLLM's in-place reload of checkpoint-format weights.
     worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
 
@@ -157,7 +158,7 @@ class VLLMRolloutEngine:
     def _push(self) -> None:
         weights = [(n, t.detach()) for n, t in self.model.state_dict().items()]
         with VLLM_LOCK:
-            self.llm.collective_rpc(_reload, args=(weights,))
+            self.llm.collective_rpc(reload_in_worker, args=(weights,))
             # Cached prefixes hold keys/values computed with the old weights.
             self.llm.reset_prefix_cache()
         self.stale = False
