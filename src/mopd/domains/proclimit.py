@@ -10,12 +10,15 @@ moved into the cgroup by a shell that then execs it, so every process it makes s
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
 import uuid
 from functools import lru_cache
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def wrap(argv: list[str], cgroup: Path | None) -> list[str]:
@@ -61,6 +64,14 @@ def remove(group: Path | None) -> None:
             return
         except OSError:
             time.sleep(0.02)  # busy until the killed processes are reaped
+
+
+@lru_cache(maxsize=None)
+def warn_unlimited(backend: str) -> None:
+    why = "as root" if os.geteuid() == 0 else "in a plain subprocess"
+    log.warning("generated code's processes are not capped (RLIMIT_NPROC does not hold %s under "
+                "%s, and no pids cgroup is writable): a fork bomb runs until the time limit; "
+                "see docs/sandbox.md", why, backend)
 
 
 @lru_cache(maxsize=1)

@@ -95,9 +95,9 @@ def run_python(code: str, stdin: str = "", timeout_s: float = 5.0, memory_mb: in
 
 
 def make_scratch(path: Path) -> Path:
-    """An empty directory the sandboxed program may write (as uid "nobody" under root's bwrap)."""
-    path.mkdir(mode=0o777)
-    os.chmod(path, 0o777)  # not masked by the umask: the sandbox's uid may differ from ours
+    """An empty directory for one sandboxed program. (Its uid inside bwrap maps to ours outside,
+    so ours alone may write it.)"""
+    path.mkdir(mode=0o700)
     return path
 
 
@@ -117,6 +117,8 @@ class Sandboxed:
                 str(int(limits.timeout_s) + 1), str(limits.max_output_bytes), str(nproc),
                 f"{root}/{script[0]}", *script[1:]]
         self.cgroup = proclimit.create(limits.max_processes + 4)  # + the sandbox's own init etc.
+        if self.cgroup is None and (nproc == 0 or os.geteuid() == 0):
+            proclimit.warn_unlimited(backend.name)
         self.proc = subprocess.Popen(
             proclimit.wrap(backend.wrap(argv, scratch), self.cgroup), stdin=stdin, stdout=stdout,
             stderr=stderr, cwd=scratch, env=clean_env(), pass_fds=pass_fds,
