@@ -1,7 +1,8 @@
 """Domain lookup: a config names each domain and its kind, this turns that into a Domain.
 
-kind is a built-in name (`addition`, `reversal`, `sorting`, `math`, `arithmetic`, `capitals`) or
-`python:/path/to/file.py[:attr]` for user code (see `mopd.domains.user`).
+kind is a built-in name (`addition`, `reversal`, `sorting`, `math`, `arithmetic`, `capitals`, and the
+agentic `lookup`) or `python:/path/to/file.py[:attr]` for user code (see `mopd.domains.user`; a
+file that defines `environment` is an agentic domain, see `mopd.envs.domain`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 from mopd.domains.base import Domain
 from mopd.domains.chat import ArithmeticDomain, CapitalsDomain
 from mopd.domains.math import MathDomain
+from mopd.domains.lookup import LookupDomain
 from mopd.domains.toy import AdditionDomain, ReversalDomain, SortingDomain
-from mopd.domains.user import load_user_domain
+from mopd.domains.user import import_file, load_user_domain
+from mopd.envs.domain import env_domain_from_module
 
 BUILTIN_DOMAINS: dict[str, Callable[..., Domain]] = {
     "addition": AdditionDomain,
@@ -23,6 +26,7 @@ BUILTIN_DOMAINS: dict[str, Callable[..., Domain]] = {
     "math": MathDomain,
     "arithmetic": ArithmeticDomain,
     "capitals": CapitalsDomain,
+    "lookup": LookupDomain,
 }
 
 PYTHON_PREFIX = "python:"
@@ -45,6 +49,8 @@ def build_domain(name: str, kind: str, params: dict[str, Any] | None = None) -> 
         path, attr = parse_python_kind(kind)
         if not path:
             raise ValueError(f"domain {name!r}: kind {kind!r} names no file (use python:/path/file.py[:attr])")
+        if attr is None and hasattr(module := import_file(path), "environment"):
+            return env_domain_from_module(module, name, f"environment file {path}", params)
         return load_user_domain(path, name=name, attr=attr, params=params)
     if kind not in BUILTIN_DOMAINS:
         raise ValueError(

@@ -8,6 +8,8 @@ import torch
 
 from mopd.data.prompts import render_prompt
 from mopd.domains.base import Example
+from mopd.envs.base import episode_source
+from mopd.eval.episodes import mean_episode_reward
 from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.training.rollouts import Verifier, eos_ids, safe_reward
 
@@ -25,6 +27,8 @@ class DomainScore:
 
 def mean_reward(engine: HFRolloutEngine, tokenizer, examples: list[Example], verifier: Verifier,
                 temperature: float, samples: int, max_new_tokens: int, seed: int, batch_size: int = 128) -> float:
+    if examples and episode_source(examples[0]) is not None:  # an agentic domain: episodes, the environment's reward
+        return mean_episode_reward(engine, tokenizer, examples, temperature, samples, max_new_tokens, seed, batch_size)
     prompts = [render_prompt(e, tokenizer) for e in examples for _ in range(samples)]
     owners = [e for e in examples for _ in range(samples)]
     gen = torch.Generator().manual_seed(seed)

@@ -8,6 +8,7 @@ interleaved with tool or environment tokens) use the same structures unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -27,6 +28,7 @@ class Rollout:
     finished: bool = True  # ended with EOS rather than the length limit
     reward: float | None = None
     text: str = ""  # decoded completion, special tokens stripped
+    episode: Any = None  # an agentic rollout's EpisodeStats (mopd.rollout.episodes); None: single-turn
 
     def __post_init__(self) -> None:
         if not (len(self.token_ids) == len(self.gen_mask) == len(self.sample_logprobs)):

@@ -24,6 +24,7 @@ from mopd.training import checkpoint as ckpt
 from mopd.training.ahead import (Prefetched, check_can_run_ahead, sampler_state_before_step, take_prefetched,
                                  update_while_sampling)
 from mopd.training.distributed import Local
+from mopd.training.episode_metrics import episode_metrics
 from mopd.training.interrupt import StopOnSignal, TrainingInterrupted
 from mopd.training.metrics import MetricsLogger, per_domain_means, per_domain_row_means
 from mopd.training.progress import StepProgress
@@ -145,6 +146,7 @@ def train_one_step(run: OnPolicyRun, prefetch_next: bool = False) -> dict[str, f
     m.update(per_domain_row_means(lengths, batch.domain_ids, batch.domains, "length"))
     rewards = torch.tensor([r.reward if r.reward is not None else float("nan") for r in rollouts])
     m.update(per_domain_row_means(rewards, batch.domain_ids, batch.domains, "reward"))
+    m.update(episode_metrics(rollouts, batch))  # agentic domains: turns, tool calls, faults
     m.update({**times, "time/update": t3 - t2, "time/step": t3 - t0,
               "tokens_per_s": n_tokens / max(t3 - t0, 1e-9), "completion_tokens": n_tokens,
               "sequences": len(rollouts)})

@@ -18,6 +18,8 @@ from mopd.algorithms.logprobs import token_logprobs
 from mopd.config.schema import LoggingConfig, OptimConfig
 from mopd.data.prompts import DataError, render_prompt
 from mopd.domains.base import Example
+from mopd.envs.base import episode_source
+from mopd.rollout.scripted import demonstration_rollout
 from mopd.rollout.types import Rollout, collate
 from mopd.training.distributed import Local
 from mopd.training.metrics import MetricsLogger
@@ -41,6 +43,9 @@ def answer_ids(example: Example, tokenizer) -> list[int]:
 def sft_rollouts(examples: list[Example], tokenizer) -> list[Rollout]:
     out = []
     for ex in examples:
+        if episode_source(ex) is not None:  # an agentic domain: its demonstration, played as an episode
+            out.append(demonstration_rollout(ex, tokenizer))
+            continue
         a = answer_ids(ex, tokenizer)
         out.append(Rollout.from_completion(ex.domain, render_prompt(ex, tokenizer), a, [0.0] * len(a), example=ex))
     return out
