@@ -21,6 +21,7 @@ For programs checked by unit tests, `mopd.domains.sandbox_tests.run_tests`.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import tempfile
@@ -131,8 +132,19 @@ class Sandboxed:
 
     def wait(self, deadline: float) -> bool:
         """Wait until it exits or the deadline passes (then kill it); True if it timed out."""
+        remaining = max(0.0, deadline - time.monotonic())
+        try:  # woken the moment it exits: Popen.wait(timeout) polls, up to 50 ms late per run
+            pidfd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        if pidfd is not None:
+            try:
+                select.select([pidfd], [], [], remaining)
+            finally:
+                os.close(pidfd)
+            remaining = 0.0
         try:
-            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            self.proc.wait(timeout=remaining)
             return False
         except subprocess.TimeoutExpired:
             self.kill()
