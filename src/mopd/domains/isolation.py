@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -108,21 +109,27 @@ def _warn_once(name: str) -> None:
 
 def available_backends() -> tuple[str, ...]:
     """The backends that ran a trivial program here (probed once per process, ~0.1 s)."""
-    if available_backends.cache is None:
-        found, reasons = [], []
-        for name in ("bwrap", "unshare"):
-            reason = _probe(Backend(name))
-            if reason is None:
-                found.append(name)
-            else:
-                reasons.append(f"{name}: {reason}")
-        available_backends.cache = tuple(found)
-        available_backends.reason = "; ".join(reasons) or "all available"
+    with _probe_lock:  # verifier threads may ask at once; probe once
+        if available_backends.cache is None:
+            _detect()
     return available_backends.cache
+
+
+def _detect() -> None:
+    found, reasons = [], []
+    for name in ("bwrap", "unshare"):
+        reason = _probe(Backend(name))
+        if reason is None:
+            found.append(name)
+        else:
+            reasons.append(f"{name}: {reason}")
+    available_backends.reason = "; ".join(reasons) or "all available"
+    available_backends.cache = tuple(found)
 
 
 available_backends.cache = None
 available_backends.reason = ""
+_probe_lock = threading.Lock()
 
 
 def _probe(backend: Backend) -> str | None:

@@ -120,11 +120,15 @@ class Sandboxed:
         self.cgroup = proclimit.create(limits.max_processes + 4)  # + the sandbox's own init etc.
         if self.cgroup is None and (nproc == 0 or os.geteuid() == 0):
             proclimit.warn_unlimited(backend.name)
-        self.proc = subprocess.Popen(
-            proclimit.wrap(backend.wrap(argv, scratch), self.cgroup), stdin=stdin, stdout=stdout,
-            stderr=stderr, cwd=scratch, env=clean_env(), pass_fds=pass_fds,
-            start_new_session=True,  # its own process group: children it spawns die with it
-        )
+        try:
+            self.proc = subprocess.Popen(
+                proclimit.wrap(backend.wrap(argv, scratch), self.cgroup), stdin=stdin, stdout=stdout,
+                stderr=stderr, cwd=scratch, env=clean_env(), pass_fds=pass_fds,
+                start_new_session=True,  # its own process group: children it spawns die with it
+            )
+        except BaseException:
+            proclimit.remove(self.cgroup)
+            raise
 
     @property
     def returncode(self) -> int | None:
