@@ -88,7 +88,8 @@ def test_code_cannot_see_files_outside_its_directory(bwrap, tmp_path):
     code = f"import os\nfor p in {[str(p) for p in paths]!r}:\n    print(p, os.path.exists(p))\n"
     res = run_python(code)
     assert res.ok and res.stdout.count(" False") == len(paths), res.stdout
-    peek = f"def peek():\n    try:\n        return open({str(secret)!r}).read()\n    except OSError as e:\n        return repr(e)\n"
+    peek = (f"def peek():\n    try:\n        return open({str(secret)!r}).read()\n"
+            "    except OSError as e:\n        return repr(e)\n")
     tests = {"test_peek.py": "from solution import peek\ndef test_peek():\n    assert peek() == 'hunter2'\n"}
     assert run_tests({"solution.py": peek}, tests).passed == 0  # the "test" passes only on a leak
     assert run_tests({"solution.py": peek}, tests, isolation="none").passed == 1
