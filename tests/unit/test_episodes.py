@@ -11,7 +11,7 @@ import torch
 
 from mopd.config.schema import AlgorithmConfig
 from mopd.domains.base import Example
-from mopd.envs.base import EpisodeLimits, Observation
+from mopd.envs.base import EpisodeLimits, Observation, Opening
 from mopd.envs.domain import EnvDomain
 from mopd.models.tiny import char_tokenizer, tiny_model
 from mopd.objectives.mopd import MOPDObjective
@@ -29,7 +29,6 @@ class EchoEnv:
     """Answers every turn with its length; a turn holding '7' ends the episode."""
 
     def reset(self, example):
-        from mopd.envs.base import Opening
         self.turns = []
         return Opening(prompt=example.prompt)
 
@@ -137,26 +136,23 @@ def test_teacher_logprob_at_each_model_token_matches_a_per_position_reference(ep
             assert not scores[i][~torch.tensor(r.gen_mask + [False] * (scores.shape[1] - len(r.gen_mask)))].any()
 
 
-def _with_last_observation_changed(r, tok):
-    """A copy of rollout `r` whose last observation says something else (same length)."""
+def _with_observations_changed(r, tok):
+    """A copy of rollout `r` whose observations say something else (same lengths), and the
+    position of the first changed token."""
     from dataclasses import replace
-    mask = r.gen_mask
-    end = max(t for t, m in enumerate(mask) if m)
-    start = max(t for t, m in enumerate(mask[:end]) if not m and mask[t - 1]) if any(
-        not m and mask[t - 1] for t, m in enumerate(mask[:end]) if t) else None
-    assert start is not None, "the rollout needs an observation between two turns"
+    env = [t for t in range(r.prompt_len, len(r.token_ids)) if not r.gen_mask[t]]
+    assert env, "the rollout needs an observation between two turns"
     ids = list(r.token_ids)
-    x = tok.convert_tokens_to_ids("x")
-    for t in range(start, end):
-        if not mask[t]:
-            ids[t] = x if ids[t] != x else tok.convert_tokens_to_ids("y")
-    return replace(r, token_ids=ids), start
+    x, y = tok.convert_tokens_to_ids(["x", "y"])
+    for t in env:
+        ids[t] = x if ids[t] != x else y
+    return replace(r, token_ids=ids), env[0]
 
 
 def test_environment_tokens_change_no_teacher_score_before_them(episodes, tok):
     rollouts, _ = episodes
     r = next(r for r in rollouts if r.episode.turns >= 2)
-    changed, start = _with_last_observation_changed(r, tok)
+    changed, start = _with_observations_changed(r, tok)
     teacher = HFTeacher("t", tiny_model(tok, seed=11))
     a = teacher.score(_batch([r], tok)).logprobs[0]
     b = teacher.score(_batch([changed], tok)).logprobs[0]
