@@ -11,6 +11,7 @@ chunks, once again in backward) per chunk.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -29,16 +30,54 @@ class TokenLogprobs:
     target_logprobs: torch.Tensor | None = None  # [B, T, k] log-probs of given target ids
 
 
+# Config keys of models whose forward post-processes the head's output (Gemma 2/3 soft-capping,
+# Cohere's logit_scale, Granite's and HyperCLOVA X's logits_scaling...). Soft-capping is close to
+# the identity on small logits, so the probe below could miss it: these take the plain path outright.
+LOGIT_POSTPROCESSING_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
+                             "output_multiplier_scale", "lm_head_multiplier", "logits_soft_cap")
+
+_separable: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> head(trunk(x)) == its logits
+
+
+def _postprocesses_logits(cfg) -> bool:
+    configs = [cfg]
+    text = getattr(cfg, "get_text_config", None)
+    if callable(text) and text() is not cfg:  # multimodal wrappers keep the LM's settings inside
+        configs.append(text())
+    return any(getattr(c, k, None) not in (None, 1, 1.0, False) for c in configs for k in LOGIT_POSTPROCESSING_KEYS)
+
+
 def _head_and_trunk(model):
-    """(trunk, head) when the model has the standard decoder + output-embedding layout."""
+    """(trunk, head) when the model has the standard decoder + output-embedding layout and its
+    logits are exactly the head applied to the trunk's last hidden state; else (None, None)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     trunk = model.get_decoder() if hasattr(model, "get_decoder") else None
-    cfg = getattr(model, "config", None)
-    # Models that post-process logits (soft-capping, scaling) take the plain path.
-    special = any(getattr(cfg, k, None) for k in ("final_logit_softcapping", "logit_scale"))
-    if head is None or trunk is None or trunk is model or special:
+    if head is None or trunk is None or trunk is model or _postprocesses_logits(getattr(model, "config", None)):
+        return None, None
+    if not _head_matches_logits(model, head):
         return None, None
     return trunk, head
+
+
+@torch.no_grad()
+def _head_matches_logits(model, head) -> bool:
+    """Once per model: does the head on the last hidden state give the forward's own logits?
+
+    Catches architectures that scale, bias or otherwise transform logits in ways no config key
+    names. A mismatch sends the model down the plain (full-logits) path, which is always exact.
+    """
+    key = model
+    if key not in _separable:
+        ids = torch.arange(1, 5, device=head.weight.device)[None] % max(2, head.weight.shape[0])
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+        try:
+            mine = head(out.hidden_states[-1]).float().log_softmax(-1)
+        except (RuntimeError, TypeError, IndexError):  # a head that needs more than the last hidden state
+            _separable[key] = False
+            return False
+        theirs = out.logits.float().log_softmax(-1)
+        _separable[key] = mine.shape == theirs.shape and bool(torch.allclose(mine, theirs, atol=1e-3, rtol=0))
+    return _separable[key]
 
 
 def _chunk_stats(head, hidden, tokens, targets, temperature, topk, want_entropy):

@@ -13,6 +13,8 @@ The batch must be right-padded (real tokens first), as `collate` builds it.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from mopd.models.kv_cache import cache_keyword
@@ -50,6 +52,24 @@ def trunk_hidden(trunk, input_ids: torch.Tensor, attention_mask: torch.Tensor, m
     key = _cache_key(trunk) if min_prefix > 0 and p >= min_prefix else None
     if key is None:
         return trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    if trunk in _cannot_continue:
+        return trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    try:
+        return _continue_from_prefix(trunk, input_ids, attention_mask, p, key)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, AttributeError, IndexError, TypeError, ValueError):
+        # Some architectures take a cache but cannot continue a batch from a widened one (hybrid
+        # attention / state-space caches, models that return no cache): the plain forward, from now on.
+        _cannot_continue.add(trunk)
+        return trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+_cannot_continue: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _continue_from_prefix(trunk, input_ids, attention_mask, p: int, key: str):
+    B = input_ids.shape[0]
     # Embed every row once: one embedding backward (a dense vocab x hidden gradient) instead of two.
     embeds = trunk.get_input_embeddings()(input_ids)
     prefix = trunk(inputs_embeds=embeds[:1, :p], use_cache=True)

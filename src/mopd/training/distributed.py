@@ -355,5 +355,5 @@ class ThroughWrapper:
                            logits_to_keep=1, use_cache=False)
         return SimpleNamespace(last_hidden_state=out.hidden_states[-1])
 
-    def __call__(self, input_ids, attention_mask):  # models without a separable head
-        return self.wrapped(input_ids=input_ids, attention_mask=attention_mask)
+    def __call__(self, input_ids, attention_mask, **kw):  # models without a separable head; the probe
+        return self.wrapped(input_ids=input_ids, attention_mask=attention_mask, **kw)
