@@ -33,20 +33,22 @@ def build_model(spec: ModelSpec):
     return load_model(spec, tokenizer), tokenizer
 
 
-def build_teacher(cfg: TeacherConfig, student, student_tok) -> Teacher:
+def build_teacher(cfg: TeacherConfig, student, student_tok, temperature: float = 1.0) -> Teacher:
+    """A teacher that scores at `temperature`, the rollouts' sampling temperature: the student's
+    log-probs in the update are taken at it too, so both sides are compared alike."""
     if cfg.kind == "self":
-        return HFTeacher.frozen_copy_of(cfg.name, student)
+        return HFTeacher.frozen_copy_of(cfg.name, student, temperature=temperature)
     if cfg.kind == "remote":
-        return build_remote_teacher(cfg, student_tok)
+        return build_remote_teacher(cfg, student_tok, temperature)
     if cfg.kind == "vllm":
-        return build_vllm_teacher(cfg, student, student_tok)
+        return build_vllm_teacher(cfg, student, student_tok, temperature)
     assert cfg.model is not None
     tok = load_tokenizer(cfg.model)
     model = load_model(cfg.model, tok)
     vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else None
     s_vocab = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else None
     check_teacher_vocab(cfg.name, student_tok, tok, vocab, s_vocab)
-    return HFTeacher(cfg.name, model.to(student.device))  # scores where the student runs
+    return HFTeacher(cfg.name, model.to(student.device), temperature=temperature)  # where the student runs
 
 
 def build_teachers(cfg: RunConfig, student, student_tok) -> dict[str, Teacher]:
@@ -56,22 +58,22 @@ def build_teachers(cfg: RunConfig, student, student_tok) -> dict[str, Teacher]:
     for t in cfg.teachers:
         if t.kind in ("hf", "self"):
             pool.make_room()  # offload before loading the next one: memory never holds one more
-        teachers[t.name] = pool.add(build_teacher(t, student, student_tok))
+        teachers[t.name] = pool.add(build_teacher(t, student, student_tok, cfg.sampling.temperature))
     return teachers
 
 
-def build_remote_teacher(cfg: TeacherConfig, student_tok) -> RemoteTeacher:
+def build_remote_teacher(cfg: TeacherConfig, student_tok, temperature: float = 1.0) -> RemoteTeacher:
     """A remote teacher, checked before training: its tokenizer (when given) must be the student's,
     and the server must answer with prompt log-probs, so a dead server fails now, not at step 1."""
     if cfg.tokenizer is not None:
         check_teacher_vocab(cfg.name, student_tok, load_tokenizer(ModelSpec(path=cfg.tokenizer)))
-    teacher = RemoteTeacher.from_config(cfg)
+    teacher = RemoteTeacher.from_config(cfg, temperature=temperature)
     ids = list(student_tok("The teacher is ready.")["input_ids"])[:8]
     teacher.probe(ids if len(ids) >= 2 else None)
     return teacher
 
 
-def build_vllm_teacher(cfg: TeacherConfig, student, student_tok):
+def build_vllm_teacher(cfg: TeacherConfig, student, student_tok, temperature: float = 1.0):
     """An in-process vLLM teacher, with the tokenizer and vocabulary checks of an 'hf' teacher."""
     from transformers import AutoConfig
 
@@ -82,7 +84,7 @@ def build_vllm_teacher(cfg: TeacherConfig, student, student_tok):
     s_vocab = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else None
     check_teacher_vocab(cfg.name, student_tok, tok, vocab, s_vocab)
     opts = cfg.vllm or VLLMOptions()
-    return VLLMTeacher(cfg.name, cfg.model.path, opts, opts.dtype or cfg.model.dtype)
+    return VLLMTeacher(cfg.name, cfg.model.path, opts, opts.dtype or cfg.model.dtype, temperature=temperature)
 
 
 def build_engine(cfg: RunConfig, student, tok):

@@ -109,7 +109,7 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
     for t in rep.teachers:
         table.add_row(t.teacher, yn(t.same_vocab), yn(t.same_specials), yn(t.same_chat_template), t.detail)
     console.print(table)
-    console.print(f"self-distillation on {rep.tokens} tokens: reverse KL {rep.reverse_kl:.2e} "
+    console.print(f"self-distillation on {rep.tokens} tokens at temperature {rep.temperature:g}: reverse KL {rep.reverse_kl:.2e} "
                   f"(need < {KL_TOLERANCE:.0e}), grad norm {rep.grad_norm:.2e} (need < {GRAD_TOLERANCE:.0e})")
     if not rep.ok:
         console.print("[red]check failed[/red]")

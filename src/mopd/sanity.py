@@ -35,6 +35,7 @@ class SanityReport:
     grad_norm: float
     tokens: int
     teachers: list[CompatReport]
+    temperature: float = 1.0
 
     @property
     def ok(self) -> bool:
@@ -60,7 +61,7 @@ def teacher_agreement(cfg: RunConfig, student_tok) -> list[CompatReport]:
     reports = []
     for t in cfg.teachers:
         if t.kind == "remote":
-            teacher = RemoteTeacher.from_config(t)
+            teacher = RemoteTeacher.from_config(t, temperature=cfg.sampling.temperature)
             try:
                 teacher.probe()
             finally:
@@ -80,21 +81,24 @@ def teacher_agreement(cfg: RunConfig, student_tok) -> list[CompatReport]:
 def self_distillation_check(cfg: RunConfig) -> SanityReport:
     student, tok = build_model(cfg.student)
     examples, verifiers = build_domains(cfg, tok)
-    teacher = HFTeacher.frozen_copy_of("self", student)
+    # At the configured sampling temperature: the teacher must score at the temperature the
+    # student is trained at, and a gap there is exactly what this check is for.
+    temperature = cfg.sampling.temperature
+    teacher = HFTeacher.frozen_copy_of("self", student, temperature=temperature)
     router = TeacherRouter({"self": teacher}, {d.name: "self" for d in cfg.domains})
-    # The plain sampled-token loss at temperature 1, with no IS mask, so any gap is visible.
+    # The plain sampled-token loss, with no IS mask, so any gap is visible.
     objective = MOPDObjective(router, AlgorithmConfig(a_max=cfg.algorithm.a_max, is_correction=None))
     sampler = MixtureSampler(examples, {d.name: d.weight for d in cfg.domains}, seed=cfg.seed)
     engine = HFRolloutEngine(student, tok.pad_token_id, eos_ids(tok, student))
-    sampling = cfg.sampling.model_copy(update={"temperature": 1.0, "rollouts_per_prompt": 1})
+    sampling = cfg.sampling.model_copy(update={"rollouts_per_prompt": 1})
     rollouts = collect_rollouts(engine, tok, sampler.next_batch(sampling.prompts_per_step), sampling,
                                 verifiers, step_generator(cfg.seed, 0))
     batch = collate(rollouts, tok.pad_token_id, sorted(sampler.shares))
     signals = objective.score(rollouts, batch)
     nostep = _NoStep()
     scalars, token_metrics = update_step(student, nostep, nostep, batch, signals, objective,
-                                         cfg.optim.grad_accum_steps, None, 1.0)
+                                         cfg.optim.grad_accum_steps, None, temperature)
     mask = batch.gen_mask
     kl = float(token_metrics["reverse_kl"].abs().sum() / mask.sum().clamp(min=1)) if mask.any() else 0.0
-    return SanityReport(kl, scalars["grad_norm"], int(mask.sum()), teacher_agreement(cfg, tok))
+    return SanityReport(kl, scalars["grad_norm"], int(mask.sum()), teacher_agreement(cfg, tok), temperature)
 

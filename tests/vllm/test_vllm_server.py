@@ -1,13 +1,7 @@
 """RemoteTeacher against a real vLLM OpenAI-compatible server on 127.0.0.1."""
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -15,50 +9,16 @@ from transformers import AutoModelForCausalLM
 from mopd.teachers.base import TeacherError
 from mopd.teachers.hf_teacher import HFTeacher
 from mopd.teachers.remote import RemoteTeacher
-from tiny_vllm import ROWS, batch_of
+from tiny_vllm import ROWS, batch_of, vllm_server
 
 pytestmark = pytest.mark.vllm
 SERVED = "tiny-teacher"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(teacher_dir, vllm_env):
-    port = free_port()
-    log_path = vllm_env / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(teacher_dir),
-           "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-model-len", "256", "--gpu-memory-utilization", "0.3", "--enforce-eager",
-           # An explicit KV cache: the automatic one is 30% of RAM minus what the process already uses.
-           "--kv-cache-memory-bytes", str(64 * 2**20)]
-    # The in-process engines of other modules set this for the whole process; a server runs as vLLM's default.
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server not ready after 300 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
+    with vllm_server(teacher_dir, vllm_env, SERVED) as (url, proc):
         yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_probe_checks_the_endpoint(server):

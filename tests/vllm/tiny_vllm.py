@@ -1,6 +1,16 @@
 """Shared by the vLLM tests: engine settings and the tiny model vLLM's CPU kernels accept."""
 
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
 import torch
+
+from cli_runs import free_port
 
 from mopd.config.schema import VLLMOptions
 from mopd.models.tiny import char_tokenizer, tiny_model
@@ -48,3 +58,38 @@ def distill_config(output_dir, teacher_dir, steps: int) -> dict:
         "rollout": {"engine": "vllm", **vllm_opts},
         "logging": {"progress": False},
     }
+
+
+@contextmanager
+def vllm_server(model_dir, env_root, served: str, *extra: str):
+    """A real vLLM OpenAI-compatible server on 127.0.0.1 serving `model_dir`; yields (url, process)."""
+    port = free_port()
+    log_path = env_root / f"server-{port}.log"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+           "--served-model-name", served, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+           "--max-model-len", "256", "--gpu-memory-utilization", "0.3", "--enforce-eager",
+           # An explicit KV cache: the automatic one is 30% of RAM minus what the process already uses.
+           "--kv-cache-memory-bytes", str(64 * 2**20), *extra]
+    # The in-process engines of other modules set this for the whole process; a server runs as vLLM's default.
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM server not ready after 300 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

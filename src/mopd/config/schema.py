@@ -82,6 +82,10 @@ class TeacherConfig(Strict):
     max_retries: int = Field(3, ge=0)
     backoff_s: float = Field(1.0, ge=0)
     concurrency: int = Field(8, gt=0)
+    # The temperature the server's prompt log-probs are taken at; must equal sampling.temperature.
+    # vLLM ignores a request's temperature for prompt log-probs: 1 for a plain server, T for one
+    # started with --hf-overrides '{"logit_scale": 1/T}' (Llama-family models).
+    server_temperature: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> "TeacherConfig":
@@ -94,6 +98,8 @@ class TeacherConfig(Strict):
         if self.kind in ("self", "remote") and self.model is not None:
             raise ValueError(f"teacher {self.name!r} of kind {self.kind!r} takes no 'model'")
         remote_only = [k for k in ("url", "served_model", "tokenizer", "api_key_env") if getattr(self, k) is not None]
+        if self.server_temperature != 1.0:
+            remote_only.append("server_temperature")
         if self.kind != "remote" and remote_only:
             raise ValueError(f"teacher {self.name!r}: {remote_only} only apply to kind 'remote'")
         if self.kind == "remote":

@@ -55,7 +55,8 @@ def mopd(cfg: PipelineConfig, doms: Domains, init_dir: str, teacher_dirs: dict[s
     """Stage 3: the student samples, each domain's teacher scores, reverse KL per token."""
     t0 = time.perf_counter()
     model, tok = load(init_dir)
-    teachers = {d: HFTeacher(f"teacher {d}", load(p)[0]) for d, p in teacher_dirs.items()}
+    teachers = {d: HFTeacher(f"teacher {d}", load(p)[0], temperature=cfg.mopd.temperature)
+                for d, p in teacher_dirs.items()}
     router = TeacherRouter({t.name: t for t in teachers.values()}, {d: t.name for d, t in teachers.items()})
     run = onpolicy(model, tok, doms, doms.weights, MOPDObjective(router, cfg.algorithm), cfg.mopd, out,
                    cfg.seed, "MOPD")

@@ -1,4 +1,9 @@
-"""An in-process transformers teacher: a frozen causal LM scoring the student's token ids."""
+"""An in-process transformers teacher: a frozen causal LM scoring the student's token ids.
+
+It scores at the sampling temperature (its logits divided by it, as the student's are in the
+update), so a teacher identical to the student gives advantage exactly 0 at any temperature
+(docs/method.md, "Temperature").
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,10 @@ from mopd.teachers.base import TeacherScores
 
 
 class HFTeacher:
-    def __init__(self, name: str, model, micro_batch_size: int = 32, chunk_size: int = 1024):
+    def __init__(self, name: str, model, micro_batch_size: int = 32, chunk_size: int = 1024,
+                 temperature: float = 1.0):
         self.name = name
+        self.temperature = temperature
         self.model = model.eval().requires_grad_(False)
         self.micro_batch_size = micro_batch_size
         self.chunk_size = chunk_size
@@ -31,7 +38,7 @@ class HFTeacher:
             mb = batch.select(list(range(s, min(s + self.micro_batch_size, batch.size))))
             parts.append(token_logprobs(
                 self.model, mb.input_ids.to(device), mb.attention_mask.to(device), mb.gen_mask.to(device),
-                topk=topk, chunk_size=self.chunk_size))
+                temperature=self.temperature, topk=topk, chunk_size=self.chunk_size))
         T = batch.input_ids.shape[1]
         pad = lambda t: torch.nn.functional.pad(t.cpu(), (0, 0) * (t.dim() - 2) + (0, T - t.shape[1]))  # noqa: E731
         return TeacherScores(

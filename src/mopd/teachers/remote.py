@@ -9,6 +9,12 @@ A failed request is retried with exponential backoff; after the last retry the s
 with a TeacherError naming the teacher, the URL and the last error. Scores are never
 replaced by zeros: a missing teacher signal would silently train the student on nothing.
 The API key is sent as a Bearer header and kept out of every message, repr and log line.
+
+Temperature: vLLM's prompt log-probs ignore the request's temperature (they skip the sampling
+processors), so a server scores at the temperature its model was started with. The config says
+which (`server_temperature`: 1 for a plain server; 1/s for one started with `--hf-overrides
+'{"logit_scale": s}'`, which Llama-family models in vLLM apply to their logits) and it must equal
+the sampling temperature, or the student would be pulled toward a differently tempered target.
 """
 
 from __future__ import annotations
@@ -54,8 +60,17 @@ class RemoteTeacher:
                                     limits=httpx.Limits(max_connections=concurrency))
 
     @classmethod
-    def from_config(cls, cfg, environ=None) -> "RemoteTeacher":
-        """From a `TeacherConfig` of kind 'remote'; the key is read from `cfg.api_key_env` here only."""
+    def from_config(cls, cfg, environ=None, temperature: float | None = None) -> "RemoteTeacher":
+        """From a `TeacherConfig` of kind 'remote'; the key is read from `cfg.api_key_env` here only.
+        `temperature`: the sampling temperature, which the server must score at (None: not checked)."""
+        if temperature is not None and abs(cfg.server_temperature - temperature) > 1e-6:
+            raise ValueError(
+                f"teacher {cfg.name!r} scores at temperature {cfg.server_temperature:g} "
+                f"(teachers[].server_temperature) but rollouts are sampled at {temperature:g}: student and "
+                "teacher must be compared at one temperature. vLLM's prompt log-probs ignore temperature: "
+                f"start the server with --hf-overrides '{{\"logit_scale\": {1 / temperature:.6g}}}' (Llama-family "
+                f"models) and set server_temperature: {temperature:g}, or sample at temperature "
+                f"{cfg.server_temperature:g}")
         environ = os.environ if environ is None else environ
         key = None
         if cfg.api_key_env is not None:

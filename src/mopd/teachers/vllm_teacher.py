@@ -4,6 +4,11 @@ Each row of the batch is one request, `SamplingParams(max_tokens=1, prompt_logpr
 on `TokensPrompt(prompt_token_ids=...)`. vLLM answers per prompt token with `None` (first
 token) or `{id: Logprob}` holding the token itself plus the top k. Anything missing or
 non-finite is a TeacherError, never a zero: a silent zero would train on no signal.
+
+vLLM's prompt log-probs skip its sampling processors, temperature included. To score at the
+sampling temperature tau (as the student is scored in the update), the engine's logits
+processor, which every vLLM model ends in, gets its scale multiplied by 1/tau: the prompt
+log-probs are then log softmax(z / tau), exactly the student's side of the comparison.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from mopd.teachers.base import TeacherError, TeacherScores
 
 class VLLMTeacher:
     def __init__(self, name: str, model_dir: str, opts: VLLMOptions | None = None, dtype: str = "float32",
-                 seed: int = 0):
+                 seed: int = 0, temperature: float = 1.0):
         from transformers import AutoConfig
 
         self.name = name
@@ -31,6 +36,12 @@ class VLLMTeacher:
         if config is not None:
             check_head_dim(config, f"teacher {name!r} ({model_dir})")
         self.llm = start_llm(str(model_dir), opts or VLLMOptions(), dtype, seed)
+        self.temperature = temperature
+        if temperature != 1.0:
+            scaled = self.llm.collective_rpc(scale_logits_in_worker, args=(1.0 / temperature,))
+            if not all(scaled):
+                raise TeacherError(f"vLLM teacher {name!r}: its model has no vLLM logits processor to apply "
+                                   f"temperature {temperature} to; use sampling.temperature 1 or kind 'hf'")
 
     def close(self) -> None:
         self.llm.llm_engine.engine_core.shutdown()
@@ -76,3 +87,13 @@ class VLLMTeacher:
                                f"position {t}, got {len(items)}")
         items.sort(key=lambda x: -x[0])
         return torch.tensor([tid for _, tid in items]), torch.tensor([v for v, _ in items])
+
+
+def scale_logits_in_worker(worker, factor: float) -> int:
+    """Inside vLLM's worker: multiply every logits processor's scale by `factor`; how many there were."""
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+
+    found = [m for m in worker.get_model().modules() if isinstance(m, LogitsProcessor)]
+    for m in found:
+        m.scale *= factor
+    return len(found)
