@@ -22,7 +22,7 @@ from mopd.teachers.hf_teacher import HFTeacher
 from mopd.teachers.pool import TeacherPool
 from mopd.teachers.remote import RemoteTeacher
 from mopd.teachers.router import TeacherRouter
-from mopd.training.distributed import Accelerated, check_engines
+from mopd.training.distributed import Accelerated, check_engines, check_precision
 from mopd.training.loop import OnPolicyRun
 from mopd.training.optim import build_optimizer
 from mopd.training.rollouts import Verifier, eos_ids
@@ -165,6 +165,7 @@ def context_length(model) -> int | None:
 def build_mopd_run(cfg: RunConfig, output_dir: str | None = None) -> OnPolicyRun:
     dist = Accelerated.from_config(cfg.distributed)  # this process's device and rank
     check_engines(cfg, dist.world, sharded=dist.fsdp2)
+    check_precision(cfg, sharded=dist.fsdp2)
     student, tok = build_model(cfg.student)
     student.to(dist.device)  # before the teachers: local ones (and 'self' copies) follow it
     teachers = build_teachers(cfg, student, tok)

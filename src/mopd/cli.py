@@ -63,7 +63,7 @@ def distill(
     from mopd.build import build_mopd_run
     from mopd.teachers.base import TeacherError
     from mopd.training.interrupt import TrainingInterrupted
-    from mopd.training.loop import NonFiniteRun, run_onpolicy, save_model
+    from mopd.training.loop import NoLearningSignal, NonFiniteRun, run_onpolicy, save_model
 
     cfg = _load(config, set_)
     try:
@@ -78,7 +78,7 @@ def distill(
     except TrainingInterrupted as e:
         console.print(f"[yellow]{escape(str(e))}[/yellow]\ncontinue with: {escape(again)}")
         raise typer.Exit(e.exit_code) from None
-    except (TeacherError, NonFiniteRun) as e:
+    except (TeacherError, NonFiniteRun, NoLearningSignal) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}\nafter fixing it, continue with: {escape(again)}")
         raise typer.Exit(1) from None
     final = run.output_dir / "final"
@@ -148,6 +148,7 @@ def reproduce(config: PipelineArg = None, preset: PresetOpt = None, set_: SetOpt
     rerunning resumes after the last one."""
     from mopd.pipeline.reproduce import reproduce as run
     from mopd.training.interrupt import TrainingInterrupted
+    from mopd.training.loop import NoLearningSignal, NonFiniteRun
 
     cfg = _pipeline(config, preset, set_)
     out = Path(output_dir or cfg.output_dir)
@@ -161,6 +162,9 @@ def reproduce(config: PipelineArg = None, preset: PresetOpt = None, set_: SetOpt
         console.print(f"[yellow]interrupted[/yellow]; finished stages are kept in {escape(str(out))}\n"
                       f"continue with: {escape(again)}")
         raise typer.Exit(getattr(e, "exit_code", 130)) from None
+    except (NoLearningSignal, NonFiniteRun) as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}\nfinished stages are kept in {escape(str(out))}")
+        raise typer.Exit(1) from None
     from rich.markdown import Markdown
 
     Console().print(Markdown(text))

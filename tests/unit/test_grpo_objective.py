@@ -23,7 +23,11 @@ def test_loss_matches_hand_computation():
     sig = obj.score(rs, batch)
     assert sig["keep"].tolist() == [True, True, False, False]
     lp = torch.full(batch.input_ids.shape, -1.0, requires_grad=True)
-    out = obj.loss(TokenLogprobs(lp), batch, sig, Totals(4, int(batch.gen_mask.sum())))
+    # update_step normalises by the objective's loss mask: the kept groups' generated tokens.
+    kept = obj.loss_mask(batch, sig)
+    assert int(kept.sum()) == 5 and not kept[2:].any()
+    out = obj.loss(TokenLogprobs(lp), batch, sig, Totals(4, int(kept.sum())))
+    assert out.active_tokens == 5
     # group 0: rewards (1, 0) -> advantages (+1, -1) with population std; 3 + 2 kept tokens.
     adv = sig["advantage"].tolist()
     assert adv[0] == pytest.approx(1.0, abs=1e-5) and adv[1] == pytest.approx(-1.0, abs=1e-5)

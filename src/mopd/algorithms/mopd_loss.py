@@ -33,36 +33,39 @@ def importance_weights(lp_student: torch.Tensor, lp_sample: torch.Tensor,
 
 
 def normalise(per_token: torch.Tensor, mask: torch.Tensor, normalization: str,
-              num_sequences: int | None = None, num_tokens: int | None = None) -> torch.Tensor:
+              num_sequences: float | None = None, num_tokens: float | None = None) -> torch.Tensor:
     """Sum of `per_token` over `mask`, normalised by sequence (mean over sequences of the
     per-sequence token mean) or by token (mean over all tokens of the batch)."""
     mask = mask.to(per_token.dtype)
     if normalization == "sequence":
         lengths = mask.sum(-1).clamp(min=1)
         n = num_sequences if num_sequences is not None else per_token.shape[0]
-        return ((per_token * mask).sum(-1) / lengths).sum() / max(n, 1)
+        return ((per_token * mask).sum(-1) / lengths).sum() / (n if n > 0 else 1)
     if normalization == "token":
         n = num_tokens if num_tokens is not None else int(mask.sum())
-        return (per_token * mask).sum() / max(n, 1)
+        return (per_token * mask).sum() / (n if n > 0 else 1)
     raise ValueError(f"normalization must be 'sequence' or 'token', got {normalization!r}")
 
 
 def policy_gradient_loss(lp_student: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
                          mask: torch.Tensor, normalization: str = "sequence",
-                         num_sequences: int | None = None, num_tokens: int | None = None) -> torch.Tensor:
+                         num_sequences: float | None = None, num_tokens: float | None = None) -> torch.Tensor:
     """loss = - norm( w * A * lp_pi ); w and A carry no gradient."""
     per_token = -(weights.detach() * advantages.detach() * lp_student)
     return normalise(per_token, mask, normalization, num_sequences, num_tokens)
 
 
 def topk_reverse_kl_loss(student_topk_lp: torch.Tensor, teacher_topk_lp: torch.Tensor, mask: torch.Tensor,
-                         normalization: str = "sequence", num_sequences: int | None = None,
-                         num_tokens: int | None = None) -> torch.Tensor:
+                         normalization: str = "sequence", num_sequences: float | None = None,
+                         num_tokens: float | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
     """sum_{v in K_t} pi(v)(log pi(v) - log T(v)) - pi(v) + T(v), on the teacher's top-k support.
 
-    The `- pi + T` term keeps the minimum at pi = T on the truncated support (DESIGN 1.2).
+    The `- pi + T` term keeps the minimum at pi = T on the truncated support (docs/method.md).
+    `weights` ([B, T], no gradient): each position's term times its IS weight (0: masked).
     """
     p = student_topk_lp.exp()
     q = teacher_topk_lp.exp()
     per_token = (p * (student_topk_lp - teacher_topk_lp) - p + q).sum(-1)
+    if weights is not None:
+        per_token = per_token * weights.detach()
     return normalise(per_token, mask, normalization, num_sequences, num_tokens)

@@ -208,6 +208,9 @@ class OptimConfig(Strict):
     master_weights: bool | None = None
     # Updates with a non-finite loss or gradient are skipped; this many in a row stop the run.
     max_nonfinite_in_a_row: int = Field(3, gt=0)
+    # A step with no token to learn from (every GRPO group dropped, every token outside the IS
+    # bounds) skips its optimiser step; this many in a row stop the run (None: go on regardless).
+    max_empty_in_a_row: int | None = Field(10, gt=0)
 
 
 class CheckpointConfig(Strict):
@@ -297,4 +300,16 @@ class RunConfig(Strict):
         if self.sampling.ahead and self.rollout.engine == "hf":
             raise ValueError("sampling.ahead: 1 needs rollout.engine 'vllm' (its own copy of the weights); "
                              "the 'hf' engine samples from the parameters the update is changing")
+        if self.sampling.ahead and self.algorithm.is_correction is None:
+            raise ValueError("sampling.ahead: 1 trains on batches sampled one update behind the student; "
+                             "without algorithm.is_correction nothing corrects for that. Set "
+                             "algorithm.is_correction (e.g. {eps_low: 0.5, eps_high: 2.0}) or sampling.ahead: 0")
+        check_outcome_term(self.algorithm, self.sampling.rollouts_per_prompt, "sampling.rollouts_per_prompt")
         return self
+
+
+def check_outcome_term(algo: AlgorithmConfig, rollouts_per_prompt: int, key: str) -> None:
+    """The outcome term is group-normalised: with one rollout per prompt it is exactly 0."""
+    if algo.alpha > 0 and rollouts_per_prompt < 2:
+        raise ValueError(f"algorithm.alpha > 0 adds a group-normalised outcome advantage, which is exactly 0 "
+                         f"with one rollout per prompt: set {key} >= 2 (a GRPO group) or algorithm.alpha: 0")

@@ -17,10 +17,15 @@ from mopd.rollout.types import Rollout, TokenBatch
 
 @dataclass
 class Totals:
-    """Whole-batch normalisers, so micro-batch losses add up to the full-batch loss."""
+    """Whole-batch normalisers, so micro-batch losses add up to the full-batch loss.
 
-    num_sequences: int
-    num_tokens: int
+    Across N processes they are the counts over all ranks divided by N: each rank's loss is its
+    sum over this number, and the gradient average over ranks is then the gradient of one
+    process on the whole batch, however unevenly tokens fall on the ranks.
+    """
+
+    num_sequences: float
+    num_tokens: float  # tokens the loss is normalised over (the objective's `loss_mask`)
 
 
 @dataclass
@@ -28,6 +33,9 @@ class LossOutput:
     loss: torch.Tensor
     # Per-token diagnostics [B, T] (detached), averaged per domain over generated tokens.
     token_metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Tokens whose loss term has a non-zero weight (not masked by IS bounds or dropped groups):
+    # a step where no rank has any skips its optimiser step.
+    active_tokens: int = 0
 
 
 class Objective(Protocol):
@@ -40,6 +48,10 @@ class Objective(Protocol):
 
     def score(self, rollouts: list[Rollout], batch: TokenBatch) -> dict[str, torch.Tensor]:
         """Signals with the batch's rows first (teacher log-probs, rewards...)."""
+        ...
+
+    def loss_mask(self, batch: TokenBatch, signals: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The tokens a token-normalised loss divides by (bool [B, T])."""
         ...
 
     def loss(self, fwd: TokenLogprobs, batch: TokenBatch, signals: dict[str, torch.Tensor],

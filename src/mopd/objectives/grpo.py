@@ -1,7 +1,7 @@
 """The GRPO objective: group-normalised outcome rewards from the domain verifiers.
 
 Used by the domain-teacher stage, Mix-RL and Cascade RL. Groups whose rewards are all equal
-carry no signal and are dropped (DAPO dynamic sampling); the loss is normalised per token.
+carry no signal and are dropped (DAPO dynamic sampling); the loss is normalised per kept token.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ class GRPOObjective:
         rewards = torch.tensor([float(r.reward) for r in rollouts])
         keep = (dynamic_sampling_keep(rewards, batch.groups) if self.dynamic_sampling
                 else torch.ones_like(rewards, dtype=torch.bool))
-        # Whole-batch count of kept tokens, repeated per row so micro-batch slicing keeps it.
-        kept = (batch.gen_mask & keep[:, None]).sum().expand(len(rollouts)).clone()
-        return {"advantage": group_advantages(rewards, batch.groups), "keep": keep, "kept_tokens": kept}
+        return {"advantage": group_advantages(rewards, batch.groups), "keep": keep}
+
+    def loss_mask(self, batch: TokenBatch, signals: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch.gen_mask & signals["keep"][:, None]
 
     def loss(self, fwd: TokenLogprobs, batch: TokenBatch, signals: dict[str, torch.Tensor],
              totals: Totals) -> LossOutput:
@@ -42,10 +43,9 @@ class GRPOObjective:
         w = importance_weights(fwd.logprobs, batch.sample_logprobs, c.eps_low if c else None,
                                c.eps_high if c else None)
         adv = signals["advantage"][:, None].expand_as(fwd.logprobs)
-        # Token-level normalisation over the kept tokens of the whole batch (DAPO).
-        kept_tokens = int(signals["kept_tokens"][0])
-        loss = policy_gradient_loss(fwd.logprobs, adv, w, mask, "token", num_tokens=kept_tokens)
+        # Token-level normalisation over the kept tokens of the whole batch, all ranks (DAPO).
+        loss = policy_gradient_loss(fwd.logprobs, adv, w, mask, "token", num_tokens=totals.num_tokens)
         metrics = {"masked": ((w == 0) & batch.gen_mask).float(), "kept": mask.float()}
         if fwd.entropy is not None:
             metrics["entropy"] = fwd.entropy
-        return LossOutput(loss, metrics)
+        return LossOutput(loss, metrics, active_tokens=int(((w != 0) & mask).sum()))

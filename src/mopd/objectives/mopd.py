@@ -35,6 +35,9 @@ class MOPDObjective:
             signals["orm_advantage"] = group_advantages(rewards, batch.groups)
         return signals
 
+    def loss_mask(self, batch: TokenBatch, signals: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch.gen_mask
+
     def loss(self, fwd: TokenLogprobs, batch: TokenBatch, signals: dict[str, torch.Tensor],
              totals: Totals) -> LossOutput:
         a = self.algo
@@ -48,7 +51,9 @@ class MOPDObjective:
         norm = dict(normalization=a.normalization, num_sequences=totals.num_sequences,
                     num_tokens=totals.num_tokens)
         if a.loss == "topk":
-            loss = topk_reverse_kl_loss(fwd.target_logprobs, signals["topk_lp_teacher"], mask, **norm)
+            # The same IS weights as the sampled-token form: a token the sampler drew with a
+            # probability far from the trained policy's counts as little here as there.
+            loss = topk_reverse_kl_loss(fwd.target_logprobs, signals["topk_lp_teacher"], mask, weights=w, **norm)
             adv = torch.zeros_like(lp_pi)
         else:
             adv = mopd_advantages(lp_t, lp_pi, a.a_max)
@@ -60,4 +65,4 @@ class MOPDObjective:
         metrics = {"reverse_kl": kl, "masked": ((w == 0) & mask).float(), "advantage": adv.detach() * mask}
         if fwd.entropy is not None:
             metrics["entropy"] = fwd.entropy
-        return LossOutput(loss, metrics)
+        return LossOutput(loss, metrics, active_tokens=int(((w != 0) & mask).sum()))

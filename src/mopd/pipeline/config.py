@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from mopd.config.schema import AlgorithmConfig, ModelSpec, Strict, TinyModel
+from mopd.config.schema import AlgorithmConfig, ModelSpec, Strict, TinyModel, check_outcome_term
 
 
 class PipelineDomain(Strict):
@@ -32,6 +32,9 @@ class RLStage(Strict):
     max_new_tokens: int = Field(8, gt=0)
     temperature: float = Field(1.0, gt=0)
     grad_accum_steps: int = Field(1, gt=0)  # micro-batches per update: same gradient, less memory
+    # Steps in a row with nothing to learn from (e.g. every GRPO group at reward 0) that stop the
+    # stage with an error naming the cause; None: go on regardless.
+    max_empty_in_a_row: int | None = Field(10, gt=0)
 
 
 class OffPolicyStage(Strict):
@@ -71,6 +74,7 @@ class PipelineConfig(Strict):
         bad = [b for b in self.baselines if b not in known]
         if bad:
             raise ValueError(f"unknown baselines {bad}; choose from {sorted(known)}")
+        check_outcome_term(self.algorithm, self.mopd.rollouts_per_prompt, "mopd.rollouts_per_prompt")
         if self.cascade_order is not None and sorted(self.cascade_order) != sorted(names):
             raise ValueError(f"cascade_order {self.cascade_order} must list each domain once: {names}")
         return self

@@ -25,6 +25,7 @@ def reproduce(cfg: PipelineConfig, out_dir: str | Path | None = None) -> str:
 
     log.info("stage 1: SFT init")
     sft = cached(out / "sft", lambda: M.sft_init(cfg, doms, out / "sft"))
+    warn_if_unsolved("the SFT init", sft, doms.train)
     first_teachers: dict[str, StageResult] = {}
     methods: list[StageResult] = []
     start = sft.model_dir
@@ -34,6 +35,8 @@ def reproduce(cfg: PipelineConfig, out_dir: str | Path | None = None) -> str:
         teachers = {d: cached(out / f"teacher_{d}{tag}",
                               lambda d=d: M.domain_teacher(cfg, doms, d, start, out / f"teacher_{d}{tag}"))
                     for d in doms.train}
+        for d, t in teachers.items():
+            warn_if_unsolved(f"the {d} teacher", t, [d])
         first_teachers = first_teachers or teachers
         log.info("stage 3%s: MOPD", tag)
         dirs = {d: t.model_dir for d, t in teachers.items()}
@@ -58,3 +61,15 @@ def reproduce(cfg: PipelineConfig, out_dir: str | Path | None = None) -> str:
     summary = {"sft": asdict(sft), "teachers": {d: asdict(t) for d, t in first_teachers.items()},
                "methods": [asdict(m) for m in methods]}
     return write_report(out, summary)
+
+
+def warn_if_unsolved(who: str, result: StageResult, domains) -> None:
+    """A model that solves none of a domain's held-out prompts gives GRPO nothing to learn from
+    there (every group at reward 0): say so now, with the knob, rather than after the stage."""
+    for d in domains:
+        s = result.scores.get(d)
+        if s is not None and s["greedy"] == 0 and s["pass_at_1"] == 0:
+            log.warning("%s solves none of domain %r's held-out prompts (greedy 0, pass@1 0): GRPO on it "
+                        "sees reward 0 in every group and learns nothing. Train the init longer (sft.steps), "
+                        "make the domain easier, or sample more per prompt (teacher.rollouts_per_prompt); "
+                        "a stage stops after teacher.max_empty_in_a_row steps without signal.", who, d)

@@ -83,7 +83,7 @@ def evaluate(model, tok, cfg: PipelineConfig, doms: Domains) -> Scores:
 def onpolicy(model, tok, doms: Domains, weights: dict[str, float], objective: Objective, stage: RLStage,
              out: Path, seed: int, name: str, steps: int | None = None) -> OnPolicyRun:
     optim = OptimConfig(lr=stage.lr, steps=steps or stage.steps, warmup_steps=min(5, stage.steps // 10),
-                        grad_accum_steps=stage.grad_accum_steps)
+                        grad_accum_steps=stage.grad_accum_steps, max_empty_in_a_row=stage.max_empty_in_a_row)
     optimizer, scheduler = build_optimizer(model, optim)
     sampling = SamplingConfig(prompts_per_step=stage.prompts_per_step, rollouts_per_prompt=stage.rollouts_per_prompt,
                               temperature=stage.temperature, max_new_tokens=stage.max_new_tokens)

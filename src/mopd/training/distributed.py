@@ -74,6 +74,10 @@ class Local:
     def any(self, flag: bool) -> bool:
         return flag
 
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the ranks (one collective for all of them)."""
+        return list(values)
+
     def mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         return metrics
 
@@ -184,6 +188,12 @@ class Accelerated(Local):
             return flag
         return float(self.acc.reduce(torch.tensor([float(flag)], device=self.device), "sum")) > 0
 
+    def all_sum(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return list(values)
+        total = self.acc.reduce(torch.tensor(values, dtype=torch.float64, device=self.device), "sum")
+        return [float(v) for v in total]
+
     def mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         if self.world == 1:
             return metrics
@@ -241,6 +251,18 @@ class Accelerated(Local):
 def inner_optimizer(optimizer):
     """The optimizer itself: accelerate's AcceleratedOptimizer wraps the one it was given."""
     return getattr(optimizer, "optimizer", optimizer)
+
+
+def check_precision(cfg, sharded: bool) -> None:
+    """FSDP2 keeps its own float32 master weights only with mixed precision on: with
+    `mixed_precision: no` it shards the weights as loaded, and AdamW would step a 16-bit student's
+    weights in place, where updates of a distillation learning rate round away."""
+    if sharded and cfg.student.dtype != "float32" and cfg.distributed.mixed_precision == "no":
+        raise ValueError(
+            f"FSDP2 with student.dtype {cfg.student.dtype} and distributed.mixed_precision 'no' steps the "
+            f"{cfg.student.dtype} weights in place (no float32 master copy), so small updates round away. "
+            "Set student.dtype: float32 and distributed.mixed_precision: bf16 (FSDP2 then keeps float32 "
+            "sharded weights and computes in bf16)")
 
 
 def check_engines(cfg, world: int, sharded: bool = False) -> None:

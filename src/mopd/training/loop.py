@@ -57,6 +57,7 @@ class OnPolicyRun:
     dist: Local = field(default_factory=Local)
     step: int = 0  # steps completed
     skipped_nonfinite: int = 0  # updates skipped for a non-finite loss or gradient, in all
+    skipped_empty: int = 0  # updates skipped because no token had a learning signal, in all
     prefetched: Prefetched | None = None  # the next step's batch, sampled ahead (sampling.ahead)
 
 
@@ -80,13 +81,15 @@ def resume_from(run: OnPolicyRun, path: Path) -> None:
     ckpt.set_rng_state(state["rng"])
     run.step = state["step"]
     run.skipped_nonfinite = state.get("skipped_nonfinite", 0)
+    run.skipped_empty = state.get("skipped_empty", 0)
     log.info("resumed %s from %s at step %d", run.name, path, run.step)
 
 
 def save(run: OnPolicyRun) -> Path:
     """Checkpoint: every rank gathers its part of the state, the main process writes, all wait."""
     model, optimizer = run.dist.saveable(run.model, run.optimizer)
-    extra = {"sampler": sampler_state_before_step(run), "skipped_nonfinite": run.skipped_nonfinite}
+    extra = {"sampler": sampler_state_before_step(run), "skipped_nonfinite": run.skipped_nonfinite,
+             "skipped_empty": run.skipped_empty}
     if (scaler := run.dist.scaler_state()) is not None:
         extra["grad_scaler"] = scaler
     root = run.output_dir / "checkpoints"
@@ -168,6 +171,19 @@ class NonFiniteRun(RuntimeError):
     """Too many non-finite updates in a row: the run is diverging, not unlucky."""
 
 
+class NoLearningSignal(RuntimeError):
+    """Too many steps in a row where no token carried a learning signal: the run cannot learn."""
+
+
+def no_signal_error(run: OnPolicyRun, in_a_row: int) -> NoLearningSignal:
+    return NoLearningSignal(
+        f"{run.name}: {in_a_row} steps in a row had no token to learn from (optim.max_empty_in_a_row="
+        f"{run.optim.max_empty_in_a_row}): every GRPO group had equal rewards (usually all 0: the starting "
+        "model never solves the domain) or every token fell outside the IS bounds. Train the init longer "
+        "(sft.steps), make the domain easier, sample more per prompt (rollouts_per_prompt), widen "
+        "algorithm.is_correction, or set max_empty_in_a_row: null to go on anyway")
+
+
 def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = None) -> dict[str, float]:
     """Train until `run.optim.steps` (or `stop_at`, for staged runs); returns the last step's metrics.
 
@@ -184,6 +200,7 @@ def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = N
     logger = MetricsLogger(run.output_dir, run.logging, run.run_config) if main else None
     last: dict[str, float] = {}
     bad_in_a_row, limit = 0, run.optim.max_nonfinite_in_a_row
+    empty_in_a_row = 0
     try:
         with StepProgress(run.name, run.optim.steps, run.step, enabled=run.logging.progress and main) as bar, \
                 StopOnSignal() as stop:
@@ -207,7 +224,11 @@ def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = N
                 except TeacherError:
                     after_teacher_failure(run, drawn)
                     raise
+                empty = bool(last.get("skipped_empty"))
+                run.skipped_empty += empty
+                empty_in_a_row = empty_in_a_row + 1 if empty else 0
                 last["skipped_nonfinite"] = float(run.skipped_nonfinite)
+                last["skipped_empty"] = float(run.skipped_empty)
                 run.step += 1
                 if logger and (run.step % run.logging.every == 0 or run.step == run.optim.steps):
                     logger.log(run.step, last)
@@ -215,6 +236,10 @@ def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = N
                 saved = run.checkpoint.every and run.step % run.checkpoint.every == 0
                 if saved:
                     save(run)
+                if run.optim.max_empty_in_a_row and empty_in_a_row >= run.optim.max_empty_in_a_row:
+                    if not saved:
+                        save(run)  # so that --resume, with a setting changed, continues from here
+                    raise no_signal_error(run, empty_in_a_row)
                 # Ranks may see the signal at different steps: all stop at the first one that does.
                 # A finished run just ends.
                 if run.dist.any(stop.signum is not None) and run.step < run.optim.steps:

@@ -52,10 +52,10 @@ def update_step(model, optimizer, scheduler, batch: TokenBatch, signals: dict[st
     model.train()
     trainable = dist.trainable(model)
     device = next(model.parameters()).device
-    totals = Totals(num_sequences=batch.size, num_tokens=int(batch.gen_mask.sum()))
+    totals = global_totals(batch, objective.loss_mask(batch, signals), dist)
     B, T = batch.input_ids.shape
     token_metrics: dict[str, torch.Tensor] = {}
-    loss_total = 0.0
+    loss_total, active = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
     parts = micro_batches(batch, grad_accum_steps)
     for i, rows in enumerate(parts):
@@ -70,6 +70,7 @@ def update_step(model, optimizer, scheduler, batch: TokenBatch, signals: dict[st
                 out = objective.loss(fwd, mb, sig, totals)
             dist.backward(out.loss)
         loss_total += float(out.loss.detach())
+        active += out.active_tokens
         for k, v in out.token_metrics.items():
             full = token_metrics.setdefault(k, torch.zeros((B, T)))
             full[rows, : v.shape[1]] = v.detach().float().cpu()
@@ -84,7 +85,21 @@ def update_step(model, optimizer, scheduler, batch: TokenBatch, signals: dict[st
     if not (loss_ok and grad_ok):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteUpdate(f"loss {loss_total}, grad norm {grad_norm}")
+    if not dist.any(active > 0):
+        # Every token masked (all GRPO groups dropped, every token outside the IS bounds): no
+        # signal. AdamW would still move the weights on its momentum, and the schedule would
+        # advance, so neither happens; the loop counts the step.
+        optimizer.zero_grad(set_to_none=True)
+        wait_before_step()
+        return {**scalars, "lr": scheduler.get_last_lr()[0], "skipped_empty": 1.0}, token_metrics
     wait_before_step()
     optimizer.step()
     scheduler.step()
-    return {**scalars, "lr": scheduler.get_last_lr()[0]}, token_metrics
+    return {**scalars, "lr": scheduler.get_last_lr()[0], "skipped_empty": 0.0}, token_metrics
+
+
+def global_totals(batch: TokenBatch, loss_mask: torch.Tensor, dist: Local) -> Totals:
+    """Sequences and loss tokens over every rank, per rank: N processes then give the gradient of
+    one process on the whole batch (DDP averages gradients over ranks)."""
+    sequences, tokens = dist.all_sum([float(batch.size), float(loss_mask.sum())])
+    return Totals(num_sequences=sequences / dist.world, num_tokens=tokens / dist.world)
