@@ -47,8 +47,10 @@ vllm-cpu: $(BIN)/.vllm-installed
 demo: venv
 	$(BIN)/mopd reproduce --preset tiny --output-dir runs/demo
 
+# The suite, then the mutation check: deliberate wiring mistakes that a fast test must catch.
 test: venv vllm-cpu
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python tests/mutations.py
 
 # Speed and memory benchmarks (docs/benchmarks.md): mopd against TRL's DistillationTrainer,
 # 1/2/4 teachers, chunked log-probs. About 15 minutes on a 2-core CPU; results in runs/bench/.
