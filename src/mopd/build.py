@@ -169,7 +169,7 @@ def build_mopd_run(cfg: RunConfig, output_dir: str | None = None) -> OnPolicyRun
     student, tok = build_model(cfg.student)
     student.to(dist.device)  # before the teachers: local ones (and 'self' copies) follow it
     teachers = build_teachers(cfg, student, tok)
-    router = TeacherRouter(teachers, {d.name: d.teacher for d in cfg.domains})
+    router = TeacherRouter(teachers, {d.name: d.route for d in cfg.domains})
     examples, verifiers = build_domains(cfg, tok, context_length(student))
     sampler = MixtureSampler(examples, {d.name: d.weight for d in cfg.domains}, seed=cfg.seed)
     optimizer, scheduler = build_optimizer(student, cfg.optim, dist.keeps_master_weights)

@@ -15,6 +15,14 @@ def mopd_advantages(lp_teacher: torch.Tensor, lp_student: torch.Tensor, a_max: f
     return (lp_teacher - lp_student.detach()).clamp(-a_max, a_max)
 
 
+def mixture_advantages(lp_teachers: torch.Tensor, weights: torch.Tensor, lp_student: torch.Tensor,
+                       a_max: float) -> torch.Tensor:
+    """sum_m w_m clip(lp_T_m - sg[lp_pi], -A_max, A_max) over a mixture's teachers (last dim of
+    `lp_teachers` and `weights`, [B, T, M]). Unclipped, with weights summing to 1, this is
+    log prod_m T_m^w_m - log pi: the pull toward the weighted geometric mixture of the teachers."""
+    return (weights * mopd_advantages(lp_teachers, lp_student.detach()[..., None], a_max)).sum(-1)
+
+
 def importance_weights(lp_student: torch.Tensor, lp_sample: torch.Tensor,
                        eps_low: float | None, eps_high: float | None) -> torch.Tensor:
     """rho = exp(sg[lp_pi] - lp_mu), zeroed outside [eps_low, eps_high] (IcePop-style mask).
@@ -57,15 +65,23 @@ def policy_gradient_loss(lp_student: torch.Tensor, advantages: torch.Tensor, wei
 
 def topk_reverse_kl_loss(student_topk_lp: torch.Tensor, teacher_topk_lp: torch.Tensor, mask: torch.Tensor,
                          normalization: str = "sequence", num_sequences: float | None = None,
-                         num_tokens: float | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+                         num_tokens: float | None = None, weights: torch.Tensor | None = None,
+                         slot_weights: torch.Tensor | None = None) -> torch.Tensor:
     """sum_{v in K_t} pi(v)(log pi(v) - log T(v)) - pi(v) + T(v), on the teacher's top-k support.
 
     The `- pi + T` term keeps the minimum at pi = T on the truncated support (docs/method.md).
     `weights` ([B, T], no gradient): each position's term times its IS weight (0: masked).
+    `slot_weights` ([B, T, M]): a mixture of M teachers, whose top-k sets lie side by side in the
+    last dim (M x k); the term is the weighted sum of the per-teacher terms, each on its own support.
     """
     p = student_topk_lp.exp()
     q = teacher_topk_lp.exp()
-    per_token = (p * (student_topk_lp - teacher_topk_lp) - p + q).sum(-1)
+    terms = p * (student_topk_lp - teacher_topk_lp) - p + q
+    if slot_weights is None:
+        per_token = terms.sum(-1)
+    else:
+        M = slot_weights.shape[-1]
+        per_token = (terms.unflatten(-1, (M, terms.shape[-1] // M)).sum(-1) * slot_weights).sum(-1)
     if weights is not None:
         per_token = per_token * weights.detach()
     return normalise(per_token, mask, normalization, num_sequences, num_tokens)

@@ -136,11 +136,31 @@ class PromptSource(Strict):
         return self
 
 
+class TeacherShare(Strict):
+    """One teacher of a domain's mixture and its weight (weights are normalised to sum 1)."""
+
+    name: str
+    weight: float = Field(gt=0)
+
+
 class DomainConfig(Strict):
     name: str
     prompts: PromptSource
     weight: float = 1.0
-    teacher: str | None = None
+    # One teacher's name, or a weighted mixture: [{name: math_rl, weight: 0.7}, {name: generalist, weight: 0.3}].
+    # The advantage is the weighted sum of each teacher's clipped advantage (docs/method.md).
+    teacher: str | list[TeacherShare] | None = None
+
+    @property
+    def teacher_names(self) -> list[str]:
+        if self.teacher is None:
+            return []
+        return [self.teacher] if isinstance(self.teacher, str) else [t.name for t in self.teacher]
+
+    @property
+    def route(self) -> str | list[tuple[str, float]]:
+        """What the router takes: a name, or (name, weight) pairs."""
+        return self.teacher if isinstance(self.teacher, str) else [(t.name, t.weight) for t in self.teacher]
     # Optional: a built-in domain name whose verifier rewards this domain's completions.
     verifier: str | None = None
 
@@ -283,15 +303,18 @@ class RunConfig(Strict):
         if dupes:
             raise ValueError(f"domain names must be unique, repeated: {sorted(dupes)}")
         for d in self.domains:
-            if d.teacher is None:
+            if not d.teacher_names:
                 raise ValueError(
                     f"domain {d.name!r} has no teacher: set domains[].teacher to one of {names}"
                 )
-            if d.teacher not in names:
-                raise ValueError(
-                    f"domain {d.name!r} routes to unknown teacher {d.teacher!r}; teachers are {names}"
-                )
-        used = {d.teacher for d in self.domains}
+            for t in d.teacher_names:
+                if t not in names:
+                    raise ValueError(
+                        f"domain {d.name!r} routes to unknown teacher {t!r} (domains[].teacher); teachers are {names}"
+                    )
+            if len(set(d.teacher_names)) < len(d.teacher_names):
+                raise ValueError(f"domain {d.name!r} names a teacher twice in its mixture (domains[].teacher)")
+        used = {t for d in self.domains for t in d.teacher_names}
         unused = [n for n in names if n not in used]
         if unused:
             raise ValueError(f"teachers {unused} are used by no domain: remove them or route a domain to them")

@@ -6,8 +6,8 @@ import torch
 
 from mopd.algorithms.grpo import group_advantages
 from mopd.algorithms.logprobs import TokenLogprobs
-from mopd.algorithms.mopd_loss import (importance_weights, mopd_advantages, policy_gradient_loss,
-                                       topk_reverse_kl_loss)
+from mopd.algorithms.mopd_loss import (importance_weights, mixture_advantages, mopd_advantages,
+                                       policy_gradient_loss, topk_reverse_kl_loss)
 from mopd.config.schema import AlgorithmConfig
 from mopd.objectives.base import LossOutput, Totals
 from mopd.rollout.types import Rollout, TokenBatch
@@ -23,17 +23,31 @@ class MOPDObjective:
         self.topk = algo.topk if algo.loss == "topk" else 0
 
     def score(self, rollouts: list[Rollout], batch: TokenBatch) -> dict[str, torch.Tensor]:
-        scores = self.router.score(batch, topk=self.topk)
-        signals = {"lp_teacher": scores.logprobs}
-        if self.topk:
-            signals["topk_ids"] = scores.topk_ids
-            signals["topk_lp_teacher"] = scores.topk_logprobs
+        signals = self._teacher_signals(batch)
         if self.algo.alpha > 0:
             rewards = torch.tensor([r.reward if r.reward is not None else float("nan") for r in rollouts])
             if torch.isnan(rewards).any():
                 raise ValueError("algorithm.alpha > 0 needs a verifier for every domain")
             signals["orm_advantage"] = group_advantages(rewards, batch.groups)
         return signals
+
+    def _teacher_signals(self, batch: TokenBatch) -> dict[str, torch.Tensor]:
+        """Single-teacher routing: [B, T] log-probs. A mixture: [B, T, M] per teacher slot, with the
+        slot weights per token (per-token tensors are what chunking pads and micro-batches slice)."""
+        if not self.router.mixes:
+            s = self.router.score(batch, topk=self.topk)
+            out = {"lp_teacher": s.logprobs}
+            if self.topk:
+                out.update(topk_ids=s.topk_ids, topk_lp_teacher=s.topk_logprobs)
+            return out
+        mix = self.router.score_slots(batch, topk=self.topk)
+        T = batch.input_ids.shape[1]
+        out = {"lp_teacher": torch.stack([s.logprobs for s in mix.slots], -1),
+               "teacher_weight": mix.weights[:, None, :].expand(-1, T, -1).contiguous()}
+        if self.topk:
+            out.update(topk_ids=torch.cat([s.topk_ids for s in mix.slots], -1),
+                       topk_lp_teacher=torch.cat([s.topk_logprobs for s in mix.slots], -1))
+        return out
 
     def loss_mask(self, batch: TokenBatch, signals: dict[str, torch.Tensor]) -> torch.Tensor:
         return batch.gen_mask
@@ -43,7 +57,9 @@ class MOPDObjective:
         a = self.algo
         lp_pi, mask = fwd.logprobs, batch.gen_mask
         lp_t = signals["lp_teacher"]
-        kl = (lp_pi.detach() - lp_t) * mask  # sampled-token estimate of KL(pi || T)
+        slot_w = signals.get("teacher_weight")  # a mixture: [B, T, M]
+        # Sampled-token estimate of KL(pi || T); for a mixture, to its weighted geometric mean.
+        kl = (lp_pi.detach() - (lp_t if slot_w is None else (slot_w * lp_t).sum(-1))) * mask
         is_on = a.is_correction is not None
         w = importance_weights(lp_pi, batch.sample_logprobs,
                                a.is_correction.eps_low if is_on else None,
@@ -53,10 +69,13 @@ class MOPDObjective:
         if a.loss == "topk":
             # The same IS weights as the sampled-token form: a token the sampler drew with a
             # probability far from the trained policy's counts as little here as there.
-            loss = topk_reverse_kl_loss(fwd.target_logprobs, signals["topk_lp_teacher"], mask, weights=w, **norm)
+            loss = topk_reverse_kl_loss(fwd.target_logprobs, signals["topk_lp_teacher"], mask, weights=w,
+                                        slot_weights=slot_w, **norm)
             adv = torch.zeros_like(lp_pi)
-        else:
+        elif slot_w is None:
             adv = mopd_advantages(lp_t, lp_pi, a.a_max)
+        else:
+            adv = mixture_advantages(lp_t, slot_w, lp_pi, a.a_max)
         if a.alpha > 0:
             adv = adv + a.alpha * signals["orm_advantage"][:, None]
         if a.loss == "sampled" or a.alpha > 0:
@@ -65,4 +84,15 @@ class MOPDObjective:
         metrics = {"reverse_kl": kl, "masked": ((w == 0) & mask).float(), "advantage": adv.detach() * mask}
         if fwd.entropy is not None:
             metrics["entropy"] = fwd.entropy
+        if slot_w is not None:
+            metrics.update(self._kl_to_each_teacher(lp_pi.detach(), lp_t, batch))
         return LossOutput(loss, metrics, active_tokens=int(((w != 0) & mask).sum()))
+
+    def _kl_to_each_teacher(self, lp_pi: torch.Tensor, lp_t: torch.Tensor, batch: TokenBatch) -> dict:
+        """`reverse_kl_to/<teacher>`: per token, NaN on rows whose domain does not use that teacher."""
+        out: dict[str, torch.Tensor] = {}
+        for row, d in enumerate(batch.domain_ids.tolist()):
+            for slot, (name, _) in enumerate(self.router.route(batch.domains[d])):
+                m = out.setdefault(f"reverse_kl_to/{name}", torch.full_like(lp_pi, float("nan")))
+                m[row] = (lp_pi[row] - lp_t[row, :, slot]) * batch.gen_mask[row]
+        return out

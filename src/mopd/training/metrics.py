@@ -13,12 +13,17 @@ from mopd.config.schema import LoggingConfig
 
 def per_domain_means(values: torch.Tensor, mask: torch.Tensor, domain_ids: torch.Tensor,
                      domains: list[str], prefix: str) -> dict[str, float]:
-    """Mean of a per-token [B, T] tensor over masked tokens, overall and per domain."""
-    m = mask.float()
+    """Mean of a per-token [B, T] tensor over masked tokens, overall and per domain.
+
+    NaN entries are not counted (a metric that does not apply to some rows, such as the reverse
+    KL to a teacher that only some domains use); a domain with no counted entry gets no key."""
+    nan = torch.isnan(values)
+    m = (mask.bool() & ~nan).float()
+    values = torch.nan_to_num(values)
     out = {f"{prefix}/all": float((values * m).sum() / m.sum().clamp(min=1))}
     for i, d in enumerate(domains):
         rows = domain_ids == i
-        if rows.any():
+        if rows.any() and not nan[rows].all():
             mm = m[rows]
             out[f"{prefix}/{d}"] = float((values[rows] * mm).sum() / mm.sum().clamp(min=1))
     return out
