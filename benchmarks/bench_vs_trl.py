@@ -133,7 +133,7 @@ def mopd_config(args, setup: str, student: str, teacher: str, prompts: str):
                      "max_new_tokens": args.max_new_tokens, "ahead": int(setup.endswith("-ahead"))},
         "optim": {"lr": args.lr, "grad_clip": 1.0, "steps": 10_000},
         "logging": {"jsonl": False, "progress": False},
-        # vLLM on a CPU: eager start-up (~20 s, not ~90 s) and an explicit KV cache (DESIGN 5).
+        # vLLM on a CPU: eager start-up (~20 s, not ~90 s) and an explicit KV cache (docs/vllm.md).
         "rollout": {"engine": "vllm" if "vllm" in setup else "hf", "enforce_eager": not args.vllm_compile,
                     "kv_cache_gb": 0.25,
                     "max_model_len": 512, "dtype": "bfloat16" if bf16 else None},

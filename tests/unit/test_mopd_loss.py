@@ -1,4 +1,4 @@
-"""The MOPD losses against slow references written token by token, the way DESIGN 1.1/1.2 reads."""
+"""The MOPD losses against slow references written token by token, the way docs/method.md writes them."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The MOPD losses of DESIGN 1.1 (sampled-token, policy-gradient form) and 1.2 (top-k).
+"""The MOPD losses (docs/method.md): the sampled-token, policy-gradient form and the top-k form.
 
 Pure functions over [B, T] tensors aligned with tokens; `mask` marks the generated tokens.
 Normalisation constants can be passed in so that a batch split into micro-batches sums to

@@ -2,7 +2,7 @@
 sequences sampled and wall time; as Markdown, JSON and PNG plots.
 
 Normalised score per domain: (s - s_sft) / (s_teacher - s_sft), so the SFT init is 0 and
-that domain's teacher is 1 (DESIGN section 2). Scores are pass@1 at temperature 1.
+that domain's teacher is 1 (docs/method.md, "The paper's numbers"). Scores are pass@1 at temperature 1.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The MOPD objective: per-token reverse KL to the domain's teacher (DESIGN 1.1 / 1.2)."""
+"""The MOPD objective: per-token reverse KL to the domain's teacher(s) (docs/method.md)."""
 
 from __future__ import annotations
 

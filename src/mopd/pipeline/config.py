@@ -1,6 +1,6 @@
 """The reproduction pipeline's configuration and its built-in presets.
 
-One file describes the whole experiment of DESIGN section 2: the base model, the domains,
+One file describes the whole experiment of the paper's table (docs/method.md): the base model, the domains,
 and the settings of every stage (SFT init, domain teachers, MOPD, baselines, evaluation).
 """
 

@@ -1,4 +1,4 @@
-"""A teacher behind a vLLM OpenAI-compatible server (DESIGN section 5).
+"""A teacher behind a vLLM OpenAI-compatible server (docs/vllm.md).
 
 Each sequence is one `POST /v1/completions` with the token ids as the prompt, `max_tokens=1`
 and `prompt_logprobs=k`; the answer's `choices[0].prompt_logprobs` holds, per prompt token,

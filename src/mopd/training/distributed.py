@@ -13,8 +13,10 @@ How a step is split across ranks:
   rank, so the one that rank 0 checkpoints resumes them all;
 - sampling randomness: rank r seeds its generators with `rank_seed(seed)`, a function of
   (seed, rank), and the loop adds the step, so a resumed run draws what it drew before;
-- gradients: each rank's loss is normalised over its own rows; DDP / FSDP2 / DeepSpeed average
-  the gradients at the last micro-batch, which with equal shares is the whole batch's mean.
+- gradients: each rank's loss is its sum over the sequence / token counts of all ranks divided
+  by the number of ranks (`all_sum`, training.update.global_totals); DDP / FSDP2 / DeepSpeed
+  average the gradients at the last micro-batch, which is then exactly the whole batch's gradient,
+  however unevenly tokens fall on the ranks.
 """
 
 from __future__ import annotations
