@@ -36,8 +36,27 @@ def _load(config: Path, overrides: list[str] | None) -> RunConfig:
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/red] {e}")
+    # One line however long (a wrapped path is hard to copy); escaped, as messages quote user text.
+    console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
     raise typer.Exit(1)
+
+
+def _check_output_dir(path: Path) -> None:
+    """Fail before any model loads when `path` cannot become a directory (it, or a parent, is a file)."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                _fail(NotADirectoryError(f"output_dir {path}: {p} is a file, not a directory; choose another "
+                                         "output_dir (--output-dir) or move the file away"))
+            return
+
+
+def _bad_input() -> tuple[type[Exception], ...]:
+    """What the pipeline commands report in one line: a user's file or path, not a bug of mopd's."""
+    from mopd.data.prompts import DataError
+    from mopd.domains.user import DomainFileError
+
+    return (DomainFileError, DataError, FileNotFoundError)  # models.loading.ModelNotFound is one too
 
 
 @app.callback()
@@ -62,10 +81,12 @@ def distill(
     """Distill the domain teachers into the student on its own rollouts (MOPD)."""
     from mopd.build import build_mopd_run
     from mopd.teachers.base import TeacherError
+    from mopd.training.checkpoint import CheckpointError
     from mopd.training.interrupt import TrainingInterrupted
     from mopd.training.loop import NoLearningSignal, NonFiniteRun, run_onpolicy, save_model
 
     cfg = _load(config, set_)
+    _check_output_dir(Path(output_dir or cfg.output_dir))
     try:
         run = build_mopd_run(cfg, output_dir)
     except (ValueError, FileNotFoundError, OSError, TeacherError) as e:
@@ -78,8 +99,9 @@ def distill(
     except TrainingInterrupted as e:
         console.print(f"[yellow]{escape(str(e))}[/yellow]\ncontinue with: {escape(again)}")
         raise typer.Exit(e.exit_code) from None
-    except (TeacherError, NonFiniteRun, NoLearningSignal) as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}\nafter fixing it, continue with: {escape(again)}")
+    except (TeacherError, NonFiniteRun, NoLearningSignal, CheckpointError) as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}\nafter fixing it, continue with: {escape(again)}",
+                      soft_wrap=True)
         raise typer.Exit(1) from None
     final = run.output_dir / "final"
     save_model(run, final)
@@ -152,6 +174,7 @@ def reproduce(config: PipelineArg = None, preset: PresetOpt = None, set_: SetOpt
 
     cfg = _pipeline(config, preset, set_)
     out = Path(output_dir or cfg.output_dir)
+    _check_output_dir(out)
     try:
         text = run(cfg, output_dir)
     except (TrainingInterrupted, KeyboardInterrupt) as e:
@@ -162,8 +185,9 @@ def reproduce(config: PipelineArg = None, preset: PresetOpt = None, set_: SetOpt
         console.print(f"[yellow]interrupted[/yellow]; finished stages are kept in {escape(str(out))}\n"
                       f"continue with: {escape(again)}")
         raise typer.Exit(getattr(e, "exit_code", 130)) from None
-    except (NoLearningSignal, NonFiniteRun) as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}\nfinished stages are kept in {escape(str(out))}")
+    except (NoLearningSignal, NonFiniteRun, *_bad_input()) as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}\nfinished stages are kept in {escape(str(out))}",
+                      soft_wrap=True)
         raise typer.Exit(1) from None
     from rich.markdown import Markdown
 
@@ -179,7 +203,11 @@ def sft(config: PipelineArg = None, preset: PresetOpt = None, set_: SetOpt = Non
 
     cfg = _pipeline(config, preset, set_)
     out = Path(output_dir or cfg.output_dir)
-    res = cached(out / "sft", lambda: M.sft_init(cfg, Domains.build(cfg), out / "sft"))
+    _check_output_dir(out)
+    try:
+        res = cached(out / "sft", lambda: M.sft_init(cfg, Domains.build(cfg), out / "sft"))
+    except _bad_input() as e:
+        _fail(e)
     console.print(f"SFT init: {res.model_dir}  scores {res.scores}")
 
 
@@ -193,13 +221,21 @@ def train_teacher(domain: Annotated[str, typer.Argument(help="Domain to train th
     from mopd.pipeline.stages import Domains, cached
 
     cfg = _pipeline(config, preset, set_)
-    doms = Domains.build(cfg)
+    out = Path(output_dir or cfg.output_dir)
+    _check_output_dir(out)
+    try:
+        doms = Domains.build(cfg)
+    except (*_bad_input(), ValueError) as e:  # ValueError: an unknown domain kind or params
+        _fail(e)
     if domain not in doms.train:
         console.print(f"[red]error:[/red] unknown domain {domain!r}; domains: {list(doms.train)}")
         raise typer.Exit(2)
-    out = Path(output_dir or cfg.output_dir)
-    start = init or cached(out / "sft", lambda: M.sft_init(cfg, doms, out / "sft")).model_dir
-    res = cached(out / f"teacher_{domain}", lambda: M.domain_teacher(cfg, doms, domain, start, out / f"teacher_{domain}"))
+    try:
+        start = init or cached(out / "sft", lambda: M.sft_init(cfg, doms, out / "sft")).model_dir
+        res = cached(out / f"teacher_{domain}",
+                     lambda: M.domain_teacher(cfg, doms, domain, start, out / f"teacher_{domain}"))
+    except _bad_input() as e:
+        _fail(e)
     console.print(f"teacher {domain}: {res.model_dir}  scores {res.scores}")
 
 
@@ -210,8 +246,12 @@ def eval_(model: Annotated[Path, typer.Argument(help="A Hugging Face model direc
     from mopd.pipeline.stages import Domains, evaluate, load
 
     cfg = _pipeline(config, preset, set_)
-    m, tok = load(model)
-    scores = evaluate(m, tok, cfg, Domains.build(cfg))
+    try:
+        m, tok = load(model)
+        doms = Domains.build(cfg)
+    except (*_bad_input(), OSError, ValueError) as e:  # only loading here: a bad path or file
+        _fail(e)
+    scores = evaluate(m, tok, cfg, doms)
     table = Table(title=f"held-out scores of {model}")
     for col in ("domain", "greedy", f"pass@1 ({cfg.eval.samples} samples, T=1)"):
         table.add_column(col)

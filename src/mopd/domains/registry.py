@@ -16,7 +16,7 @@ from mopd.domains.chat import ArithmeticDomain, CapitalsDomain
 from mopd.domains.math import MathDomain
 from mopd.domains.lookup import LookupDomain
 from mopd.domains.toy import AdditionDomain, ReversalDomain, SortingDomain
-from mopd.domains.user import import_file, load_user_domain
+from mopd.domains.user import DomainFileError, import_file, load_user_domain
 from mopd.envs.domain import env_domain_from_module
 
 BUILTIN_DOMAINS: dict[str, Callable[..., Domain]] = {
@@ -49,7 +49,11 @@ def build_domain(name: str, kind: str, params: dict[str, Any] | None = None) -> 
         path, attr = parse_python_kind(kind)
         if not path:
             raise ValueError(f"domain {name!r}: kind {kind!r} names no file (use python:/path/file.py[:attr])")
-        if attr is None and hasattr(module := import_file(path), "environment"):
+        try:
+            module = import_file(path)
+        except DomainFileError as e:  # which domain of the config, too
+            raise DomainFileError(f"domain {name!r}: {e}") from e.__cause__
+        if attr is None and hasattr(module, "environment"):
             return env_domain_from_module(module, name, f"environment file {path}", params)
         return load_user_domain(path, name=name, attr=attr, params=params)
     if kind not in BUILTIN_DOMAINS:

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import inspect
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +22,26 @@ from typing import Any
 from mopd.domains.base import Domain, Example
 
 _FUNCTIONS = ("train_examples", "eval_examples", "reward")
+
+
+class DomainFileError(ValueError):
+    """A user's domain file failed while it was imported (the user's bug, not mopd's)."""
+
+
+def _import_failure(shown: str | Path, resolved: Path, e: BaseException) -> DomainFileError:
+    """One line naming the file, the exception and the line of the file it came from.
+
+    The line is the file's own (for a failing `import helper`, the import line), since the
+    traceback inside mopd's loader means nothing to the author of the domain.
+    """
+    line = e.lineno if isinstance(e, SyntaxError) and e.filename == str(resolved) else None
+    if line is None:
+        mine = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == str(resolved)]
+        line = mine[-1].lineno if mine else None
+    what = e.msg if isinstance(e, SyntaxError) else str(e)
+    what = what.splitlines()[0] + " ..." if len(what.splitlines()) > 1 else what
+    at = f" (line {line})" if line else ""
+    return DomainFileError(f"importing {shown} raised {type(e).__name__}: {what}{at}; fix the file and rerun")
 
 
 def import_file(path: str | Path) -> ModuleType:
@@ -44,8 +65,10 @@ def import_file(path: str | Path) -> ModuleType:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except BaseException:
+    except BaseException as e:
         del sys.modules[mod_name]  # a broken file must not stay half-imported
+        if isinstance(e, (Exception, SystemExit)):  # Ctrl-C stays an interruption
+            raise _import_failure(path, p, e) from e
         raise
     return module
 

@@ -72,7 +72,32 @@ def model_path(spec: ModelSpec) -> str:
     assert spec.path is not None
     if spec.path in ALIASES and not Path(spec.path).exists():
         return str(convert_gguf(str(alias_gguf(spec.path)), None))
+    check_model_path(spec.path)
     return spec.path
+
+
+class ModelNotFound(FileNotFoundError):
+    """A model path that is neither a local directory nor a hub id."""
+
+
+# Endings of model files, not of hub names (`org/opt-1.3b` ends in `.3b`, which is not one).
+_FILE_SUFFIXES = {".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".yaml", ".yml",
+                  ".txt", ".onnx", ".h5", ".msgpack", ".model", ".tar", ".gz", ".zip"}
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether `name` can only mean a local path: a hub id is `name` or `org/name`, never more."""
+    if name.startswith((".", "/", "~")) or (os.sep != "/" and os.sep in name):
+        return True
+    return name.count("/") > 1 or Path(name).suffix.lower() in _FILE_SUFFIXES
+
+
+def check_model_path(name: str) -> None:
+    """Fail on a missing local path with its name; a hub id (`org/name`) is left to transformers,
+    which downloads it for users with a network."""
+    if looks_like_path(name) and not Path(name).expanduser().exists():
+        raise ModelNotFound(f"model path {name} does not exist (no such file or directory), and it is not a hub id "
+                            "of the form org/name; fix the path")
 
 
 def alias_gguf(name: str) -> Path:
@@ -90,6 +115,7 @@ def alias_gguf(name: str) -> Path:
 def _gguf_source(spec: ModelSpec) -> tuple[str, str | None]:
     """(local GGUF file, None) or (HF directory / hub repo, GGUF file name inside it)."""
     if spec.path is not None:
+        check_model_path(spec.path)
         return spec.path, spec.gguf_file
     gguf = Path(spec.gguf_file).expanduser()
     if not gguf.is_file():

@@ -194,7 +194,8 @@ def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = N
     """
     run.output_dir.mkdir(parents=True, exist_ok=True)
     check_can_run_ahead(run)
-    if resume and (path := ckpt.latest_checkpoint(run.output_dir / "checkpoints")) is not None:
+    # The newest checkpoint that passes its manifest: a damaged one is skipped with a warning.
+    if resume and (path := ckpt.usable_checkpoint(run.output_dir / "checkpoints")) is not None:
         resume_from(run, path)
     main = run.dist.is_main  # metrics and progress come from the main process alone
     logger = MetricsLogger(run.output_dir, run.logging, run.run_config) if main else None
