@@ -1,7 +1,7 @@
 """Domain lookup: a config names each domain and its kind, this turns that into a Domain.
 
 kind is a built-in name (`addition`, `reversal`, `sorting`, `math`, `arithmetic`, `capitals`, and the
-agentic `lookup`) or `python:/path/to/file.py[:attr]` for user code (see `mopd.domains.user`; a
+agentic `lookup` and `swe`) or `python:/path/to/file.py[:attr]` for user code (see `mopd.domains.user`; a
 file that defines `environment` is an agentic domain, see `mopd.envs.domain`).
 """
 
@@ -15,6 +15,7 @@ from mopd.domains.base import Domain
 from mopd.domains.chat import ArithmeticDomain, CapitalsDomain
 from mopd.domains.math import MathDomain
 from mopd.domains.lookup import LookupDomain
+from mopd.domains.swe import SWEDomain
 from mopd.domains.toy import AdditionDomain, ReversalDomain, SortingDomain
 from mopd.domains.user import DomainFileError, import_file, load_user_domain
 from mopd.envs.domain import env_domain_from_module
@@ -27,6 +28,7 @@ BUILTIN_DOMAINS: dict[str, Callable[..., Domain]] = {
     "arithmetic": ArithmeticDomain,
     "capitals": CapitalsDomain,
     "lookup": LookupDomain,
+    "swe": SWEDomain,
 }
 
 PYTHON_PREFIX = "python:"
