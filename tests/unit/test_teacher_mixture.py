@@ -128,7 +128,7 @@ def test_config_errors_name_the_key():
         RunConfig(**config(teacher=[{"name": "spec", "weight": 0.0}, {"name": "gen", "weight": 1.0}]))
     with pytest.raises(ValidationError, match=r"domains\.0\.teacher"):
         RunConfig(**config(teacher=[{"name": "spec", "weight": -1}, {"name": "gen", "weight": 1}]))
-    with pytest.raises(ValidationError, match=r"unknown teacher 'ghost' \(domains\[\]\.teacher\)"):
+    with pytest.raises(ValidationError, match=r"unknown teacher 'ghost'; teachers are \['spec', 'gen'\] \(domains\[\]\.teacher\)"):
         RunConfig(**config(teacher=[{"name": "ghost", "weight": 1}, {"name": "gen", "weight": 1}]))
     with pytest.raises(ValidationError, match=r"teachers \['gen'\] are used by no domain"):
         RunConfig(**config(teacher=[{"name": "spec", "weight": 1}]))

@@ -310,7 +310,7 @@ class RunConfig(Strict):
             for t in d.teacher_names:
                 if t not in names:
                     raise ValueError(
-                        f"domain {d.name!r} routes to unknown teacher {t!r} (domains[].teacher); teachers are {names}"
+                        f"domain {d.name!r} routes to unknown teacher {t!r}; teachers are {names} (domains[].teacher)"
                     )
             if len(set(d.teacher_names)) < len(d.teacher_names):
                 raise ValueError(f"domain {d.name!r} names a teacher twice in its mixture (domains[].teacher)")
