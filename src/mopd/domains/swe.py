@@ -92,7 +92,7 @@ class SWEEnvironment(ToolEnvironment):
         # right: the replaced line keeps the indentation of the line it replaces.
         indent = old[: len(old) - len(old.lstrip())]
         lines[n - 1: n] = [indent + code] if code else []
-        return "\n".join(lines) + "\n"
+        return "".join(f"{line}\n" for line in lines)
 
     def run_tests(self) -> str:
         return self._report().summary()
