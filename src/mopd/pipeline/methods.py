@@ -11,11 +11,14 @@ from mopd.algorithms.merge import linear_average, task_arithmetic
 from mopd.config.schema import LoggingConfig, OptimConfig
 from mopd.data.prompts import render_prompt
 from mopd.domains.base import Example
+from mopd.envs.base import episode_source
 from mopd.objectives.grpo import GRPOObjective
 from mopd.objectives.mopd import MOPDObjective
 from mopd.pipeline.config import PipelineConfig
 from mopd.pipeline.stages import Domains, StageResult, evaluate, finish, load, onpolicy, train_with_curve
+from mopd.rollout.episodes import run_episodes
 from mopd.rollout.hf_engine import HFRolloutEngine
+from mopd.rollout.types import Rollout
 from mopd.teachers.hf_teacher import HFTeacher
 from mopd.teachers.router import TeacherRouter
 from mopd.training.loop import run_onpolicy
@@ -102,7 +105,7 @@ def offpolicy(cfg: PipelineConfig, doms: Domains, init_dir: str, teacher_dirs: d
     t0 = time.perf_counter()
     budget = mopd_budget(cfg)
     total_w = sum(doms.weights.values())
-    kept: list[Example] = []
+    kept: list[Example | Rollout] = []
     gen = torch.Generator().manual_seed(cfg.seed)
     for d, path in teacher_dirs.items():
         teacher, tok = load(path)
@@ -111,18 +114,30 @@ def offpolicy(cfg: PipelineConfig, doms: Domains, init_dir: str, teacher_dirs: d
         pool = doms.train[d]
         prompts = [pool[i % len(pool)] for i in range(n)]
         for s in range(0, n, 128):
-            chunk = prompts[s:s + 128]
-            outs = engine.generate([render_prompt(e, tok) for e in chunk], cfg.mopd.max_new_tokens, 1.0, gen)
-            for e, c in zip(chunk, outs):
-                text = tok.decode(c.token_ids, skip_special_tokens=True)
-                if c.finished and doms.verifiers[d](text, e) > 0:
-                    kept.append(Example(domain=d, prompt=e.prompt, messages=e.messages, answer=text))
+            kept += _verified_samples(engine, tok, prompts[s:s + 128], cfg, gen, doms.verifiers[d])
     model, tok = load(init_dir)
     o = cfg.offpolicy
     if kept:
         run_sft(model, tok, kept, OptimConfig(lr=o.lr, steps=o.steps, schedule="cosine", warmup_steps=5),
                 SFTSettings(o.batch_size, cfg.seed), out, LoggingConfig(), name="off-policy FT")
     return finish("Off-Policy FT", model, tok, out, budget, t0, evaluate(model, tok, cfg, doms))
+
+
+def _verified_samples(engine, tok, chunk: list[Example], cfg: PipelineConfig, gen,
+                      verifier) -> list[Example | Rollout]:
+    """The teacher's accepted samples of `chunk`: answers the verifier accepts, or, for an agentic
+    domain, whole episodes played through the episode driver that earn reward 1. An episode is
+    kept as the rollout itself, so SFT trains on the teacher's turns only (its gen_mask)."""
+    if chunk and episode_source(chunk[0]) is not None:
+        rollouts = run_episodes(engine, tok, list(enumerate(chunk)), cfg.mopd.max_new_tokens, 1.0, gen)
+        return [r for r in rollouts if r.finished and r.reward >= 1.0]
+    kept: list[Example | Rollout] = []
+    outs = engine.generate([render_prompt(e, tok) for e in chunk], cfg.mopd.max_new_tokens, 1.0, gen)
+    for e, c in zip(chunk, outs):
+        text = tok.decode(c.token_ids, skip_special_tokens=True)
+        if c.finished and verifier(text, e) > 0:
+            kept.append(Example(domain=e.domain, prompt=e.prompt, messages=e.messages, answer=text))
+    return kept
 
 
 def merge(cfg: PipelineConfig, doms: Domains, init_dir: str, teacher_dirs: dict[str, str], kind: str,

@@ -40,9 +40,12 @@ def answer_ids(example: Example, tokenizer) -> list[int]:
     return list(ids) + [tokenizer.eos_token_id]
 
 
-def sft_rollouts(examples: list[Example], tokenizer) -> list[Rollout]:
+def sft_rollouts(examples: list[Example | Rollout], tokenizer) -> list[Rollout]:
     out = []
     for ex in examples:
+        if isinstance(ex, Rollout):  # already played (the off-policy baseline's teacher episodes): as is
+            out.append(ex)
+            continue
         if episode_source(ex) is not None:  # an agentic domain: its demonstration, played as an episode
             out.append(demonstration_rollout(ex, tokenizer))
             continue
@@ -74,7 +77,7 @@ def batch_rows(n: int, settings: SFTSettings) -> Iterator[list[int]]:
         yield rows
 
 
-def run_sft(model, tokenizer, examples: list[Example], optim: OptimConfig, settings: SFTSettings,
+def run_sft(model, tokenizer, examples: list[Example | Rollout], optim: OptimConfig, settings: SFTSettings,
             output_dir: str | Path | None = None, logging: LoggingConfig | None = None,
             name: str = "sft", dist: Local | None = None) -> list[float]:
     """Train for `optim.steps` batches drawn by epochs over a seeded shuffle; returns the losses.
