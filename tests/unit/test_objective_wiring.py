@@ -92,7 +92,7 @@ def test_sampled_token_loss_and_gradient_equal_the_reference(normalization):
     got_grad, = torch.autograd.grad(out.loss, lp_pi)
     ref = reference_sampled(batch, sig, lp_pi, normalization)
     ref_grad, = torch.autograd.grad(ref, lp_pi)
-    assert float(out.loss) == pytest.approx(float(ref.detach()), rel=1e-5, abs=1e-7)
+    assert float(out.loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5, abs=1e-7)
     torch.testing.assert_close(got_grad, ref_grad, atol=1e-7, rtol=1e-5)
     assert (got_grad[~batch.gen_mask] == 0).all()  # prompt and padding positions: no gradient
 
@@ -116,7 +116,7 @@ def test_topk_loss_and_gradient_equal_the_reference(normalization):
     got_grad, = torch.autograd.grad(out.loss, s_topk)
     ref = reference_topk(batch, sig, lp_pi, s_topk, normalization)
     ref_grad, = torch.autograd.grad(ref, s_topk)
-    assert float(out.loss) == pytest.approx(float(ref.detach()), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
     torch.testing.assert_close(got_grad, ref_grad, atol=1e-7, rtol=1e-5)
     # The masked share is what the loss really dropped.
     rho = torch.exp(lp_pi.detach() - batch.sample_logprobs)
