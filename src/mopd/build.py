@@ -15,6 +15,7 @@ from mopd.domains.base import Example
 from mopd.domains.registry import build_domain
 from mopd.models.compat import check_teacher_vocab
 from mopd.models.loading import load_model, load_tokenizer
+from mopd.models.precision import warn_if_bf16_emulated
 from mopd.objectives.mopd import MOPDObjective
 from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.teachers.base import Teacher
@@ -166,6 +167,7 @@ def build_mopd_run(cfg: RunConfig, output_dir: str | None = None) -> OnPolicyRun
     dist = Accelerated.from_config(cfg.distributed)  # this process's device and rank
     check_engines(cfg, dist.world, sharded=dist.fsdp2)
     check_precision(cfg, sharded=dist.fsdp2)
+    warn_if_bf16_emulated(cfg, dist.device)
     student, tok = build_model(cfg.student)
     student.to(dist.device)  # before the teachers: local ones (and 'self' copies) follow it
     teachers = build_teachers(cfg, student, tok)
