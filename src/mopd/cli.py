@@ -35,6 +35,12 @@ def _load(config: Path, overrides: list[str] | None) -> RunConfig:
         raise typer.Exit(2) from None
 
 
+def wide_console() -> Console:
+    """Standard output for tables: the terminal's width, or wide enough that a table written to a
+    log or a pipe is not squeezed to rich's default of 80 columns ("Off-Po… FT")."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def _fail(e: Exception) -> None:
     # One line however long (a wrapped path is hard to copy); escaped, as messages quote user text.
     console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
@@ -191,7 +197,7 @@ def reproduce(config: PipelineArg = None, preset: PresetOpt = None, set_: SetOpt
         raise typer.Exit(1) from None
     from rich.markdown import Markdown
 
-    Console().print(Markdown(text))
+    wide_console().print(Markdown(text))
     console.print(f"report: {out / 'report.md'} (+ report.json, report.png)")
 
 
@@ -257,7 +263,24 @@ def eval_(model: Annotated[Path, typer.Argument(help="A Hugging Face model direc
         table.add_column(col)
     for d, s in scores.items():
         table.add_row(d, f"{s['greedy']:.3f}", f"{s['pass_at_1']:.3f}")
-    Console().print(table)
+    wide_console().print(table)
+
+
+@app.command("merge-lora")
+def merge_lora(adapter: Annotated[Path, typer.Argument(help="A LoRA adapter directory (a run's final/ or a checkpoint).")],
+               out: Annotated[Path, typer.Argument(help="Where to write the merged Hugging Face model.")],
+               base: Annotated[Optional[str], typer.Option(help="The base model (default: the one recorded "
+                                                           "beside the adapter).")] = None) -> None:
+    """Merge a LoRA adapter into its base model and write a plain Hugging Face directory."""
+    from mopd.models.loading import save_pretrained
+    from mopd.models.lora import load_merged
+
+    try:
+        model, tok = load_merged(adapter, base)
+    except (*_bad_input(), OSError, ValueError) as e:
+        _fail(e)
+    save_pretrained(model, tok, out)
+    console.print(f"merged model saved to [bold]{escape(str(out))}[/bold]")
 
 
 @app.command()
@@ -275,7 +298,7 @@ def report(output_dir: Annotated[Path, typer.Argument(help="Directory of a `mopd
     text = write_report(output_dir, {k: data[k] for k in ("sft", "teachers", "methods")})
     from rich.markdown import Markdown
 
-    Console().print(Markdown(text))
+    wide_console().print(Markdown(text))
 
 
 def _print_metrics(m: dict[str, float]) -> None:

@@ -70,6 +70,17 @@ def curves(results: list[dict], sft: dict, teachers: dict[str, dict]) -> dict[st
     return out
 
 
+HATCHES = ("", "///", "...", "xxx", "\\\\\\")
+
+
+def method_colours(names: list[str]) -> dict[str, str]:
+    """One colour per method, the same in every panel: in order of first appearance."""
+    out: dict[str, str] = {}
+    for name in names:
+        out.setdefault(name, f"C{len(out) % 10}")
+    return out
+
+
 def plot(rows: list[dict], curve_data: dict, domains: list[str], path: Path) -> None:
     import matplotlib
 
@@ -77,11 +88,12 @@ def plot(rows: list[dict], curve_data: dict, domains: list[str], path: Path) -> 
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colour = method_colours([r["method"] for r in rows] + list(curve_data))
     for name, pts in curve_data.items():
-        ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=colour[name])
     for r in rows:
         if r["method"] not in curve_data and math.isfinite(r["mean"]):
-            ax1.scatter([r["sequences"]], [r["mean"]], marker="s", label=r["method"])
+            ax1.scatter([r["sequences"]], [r["mean"]], marker="s", label=r["method"], color=colour[r["method"]])
     ax1.axhline(1.0, color="grey", ls="--", lw=0.8)
     ax1.axhline(0.0, color="grey", ls=":", lw=0.8)
     ax1.set_xlabel("sequences sampled")
@@ -90,8 +102,12 @@ def plot(rows: list[dict], curve_data: dict, domains: list[str], path: Path) -> 
     if ax1.get_legend_handles_labels()[0]:
         ax1.legend(fontsize=7)
     width = 0.8 / max(len(domains), 1)
+    # Bars keep their method's colour (as in the left panel); domains differ by hatching.
     for i, d in enumerate(domains):
-        ax2.bar([j + i * width for j in range(len(rows))], [r["normalised"][d] for r in rows], width, label=d)
+        hatch = HATCHES[i % len(HATCHES)]
+        ax2.bar([j + i * width for j in range(len(rows))], [r["normalised"][d] for r in rows], width,
+                color=[colour[r["method"]] for r in rows], hatch=hatch, edgecolor="white", lw=0)
+        ax2.bar([0], [0], 0, color="lightgrey", hatch=hatch, edgecolor="white", label=d)  # legend entry
     ax2.set_xticks([j + width * (len(domains) - 1) / 2 for j in range(len(rows))])
     ax2.set_xticklabels([r["method"] for r in rows], rotation=30, ha="right", fontsize=7)
     ax2.axhline(1.0, color="grey", ls="--", lw=0.8)
