@@ -248,15 +248,22 @@ def train_teacher(domain: Annotated[str, typer.Argument(help="Domain to train th
 @app.command("eval")
 def eval_(model: Annotated[Path, typer.Argument(help="A Hugging Face model directory.")],
           config: PipelineArg = None, preset: PresetOpt = None, set_: SetOpt = None) -> None:
-    """Score MODEL on every domain's held-out split: greedy accuracy and pass@1 at temperature 1."""
+    """Score MODEL on every domain's held-out split: greedy accuracy and pass@1 at temperature 1.
+    CONFIG is a pipeline file, or the `mopd distill` config the model was trained with."""
     from mopd.pipeline.stages import Domains, evaluate, load
 
-    cfg = _pipeline(config, preset, set_)
+    unscored: list[str] = []
+    if config is not None and _is_run_config(config):
+        cfg = _eval_settings(_load(config, set_))
+    else:
+        cfg = _pipeline(config, preset, set_)
     try:
         m, tok = load(model)
-        doms = Domains.build(cfg)
+        doms, unscored = Domains.from_run_config(cfg.run) if hasattr(cfg, "run") else (Domains.build(cfg), [])
     except (*_bad_input(), OSError, ValueError) as e:  # only loading here: a bad path or file
         _fail(e)
+    if unscored:
+        console.print(f"[yellow]not scored[/yellow] (no verifier): {', '.join(unscored)}")
     scores = evaluate(m, tok, cfg, doms)
     table = Table(title=f"held-out scores of {model}")
     for col in ("domain", "greedy", f"pass@1 ({cfg.eval.samples} samples, T=1)"):
@@ -264,6 +271,26 @@ def eval_(model: Annotated[Path, typer.Argument(help="A Hugging Face model direc
     for d, s in scores.items():
         table.add_row(d, f"{s['greedy']:.3f}", f"{s['pass_at_1']:.3f}")
     wide_console().print(table)
+
+
+def _is_run_config(path: Path) -> bool:
+    """A `mopd distill` config (it names a student) rather than a pipeline file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # the pipeline loader reports the file's problem
+    return isinstance(data, dict) and "student" in data
+
+
+def _eval_settings(run: RunConfig):
+    """What `evaluate` needs from a run config: its domains, seed and completion length."""
+    from types import SimpleNamespace
+
+    from mopd.pipeline.config import EvalStage
+
+    return SimpleNamespace(run=run, seed=run.seed, eval=EvalStage(max_new_tokens=run.sampling.max_new_tokens))
 
 
 @app.command("merge-lora")

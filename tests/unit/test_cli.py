@@ -113,3 +113,15 @@ def test_interrupted_reproduce_keeps_finished_stages_and_prints_how_to_continue(
     assert f"continue with: mopd reproduce --preset micro --set seed=4 --output-dir {out}" in text
     assert (out / "sft" / "result.json").is_file()  # the SFT init finished before the interruption
     assert not (out / "report.md").exists()
+
+
+def test_eval_scores_a_distilled_model_with_the_distill_config(tmp_path):
+    # A user who ran `mopd distill CONFIG` scores the result with the same CONFIG.
+    cfg = config(tmp_path, optim={"steps": 1}, logging={"progress": False})
+    res = runner.invoke(app, ["distill", cfg])
+    assert res.exit_code == 0, plain(res.output)
+    res = runner.invoke(app, ["eval", str(tmp_path / "out" / "final"), cfg])
+    out = plain(res.output)
+    assert res.exit_code == 0, out
+    assert "unknown key" not in out
+    assert re.search(r"rev\s.*\d\.\d{3}", out) and re.search(r"add\s.*\d\.\d{3}", out)

@@ -53,6 +53,22 @@ class Domains:
                    {n: d.reward for n, d in doms.items()}, {d.name: d.weight for d in cfg.domains})
 
 
+    @classmethod
+    def from_run_config(cls, cfg) -> tuple["Domains", list[str]]:
+        """The held-out splits of a `mopd distill` config's domains, and the names of those that
+        have no verifier (nothing to score them with)."""
+        from mopd.build import domain_data
+
+        evals, verifiers, unscored = {}, {}, []
+        for d in cfg.domains:
+            examples, verifier = domain_data(d, "eval")
+            if verifier is None:
+                unscored.append(d.name)
+                continue
+            evals[d.name], verifiers[d.name] = examples, verifier
+        return cls({}, evals, verifiers, {d.name: d.weight for d in cfg.domains}), unscored
+
+
 def cached(out: Path, fn: Callable[[], StageResult]) -> StageResult:
     marker = out / "result.json"
     if marker.is_file():
@@ -66,6 +82,10 @@ def cached(out: Path, fn: Callable[[], StageResult]) -> StageResult:
 
 
 def load(path: str | Path):
+    from mopd.models.lora import is_adapter_dir, load_merged
+
+    if is_adapter_dir(path):  # a LoRA student's final/: its base with the adapter merged in
+        return load_merged(path)
     spec = ModelSpec(path=str(path))
     tok = load_tokenizer(spec)
     return load_model(spec, tok), tok
