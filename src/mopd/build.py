@@ -29,9 +29,16 @@ from mopd.training.optim import build_optimizer
 from mopd.training.rollouts import Verifier, eos_ids
 
 
-def build_model(spec: ModelSpec):
+def build_model(spec: ModelSpec, seed: int = 0):
+    """The student and its tokenizer; with `spec.lora`, a peft model whose adapter alone trains
+    (a new adapter initialised from `seed`)."""
     tokenizer = load_tokenizer(spec)
-    return load_model(spec, tokenizer), tokenizer
+    model = load_model(spec, tokenizer)
+    if spec.lora is not None:
+        from mopd.models.lora import apply_lora  # peft is an optional extra
+
+        model = apply_lora(model, spec.lora, seed)
+    return model, tokenizer
 
 
 def build_teacher(cfg: TeacherConfig, student, student_tok, temperature: float = 1.0) -> Teacher:
@@ -57,7 +64,7 @@ def build_teachers(cfg: RunConfig, student, student_tok) -> dict[str, Teacher]:
     pool = TeacherPool(cfg.teacher_pool.max_resident)
     teachers = {}
     for t in cfg.teachers:
-        if t.kind in ("hf", "self"):
+        if t.kind == "hf" or (t.kind == "self" and cfg.student.lora is None):  # a LoRA 'self' holds no weights
             pool.make_room()  # offload before loading the next one: memory never holds one more
         teachers[t.name] = pool.add(build_teacher(t, student, student_tok, cfg.sampling.temperature))
     return teachers
@@ -163,12 +170,22 @@ def context_length(model) -> int | None:
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
+def check_lora_backend(cfg: RunConfig, dist) -> None:
+    """LoRA is tested alone and under DDP; FSDP2 and DeepSpeed wrap the model in ways the adapter's
+    checkpoints, merged pushes and 'self' teacher have not been tested with."""
+    if cfg.student.lora is not None and (dist.fsdp2 or getattr(dist, "deepspeed", False)):
+        raise ValueError("student.lora is supported in one process and under DDP, not yet under FSDP2 or "
+                         "DeepSpeed (untested: adapter checkpoints and merged weight pushes go through their "
+                         "wrappers); launch with DDP, or train the full model")
+
+
 def build_mopd_run(cfg: RunConfig, output_dir: str | None = None) -> OnPolicyRun:
     dist = Accelerated.from_config(cfg.distributed)  # this process's device and rank
     check_engines(cfg, dist.world, sharded=dist.fsdp2)
     check_precision(cfg, sharded=dist.fsdp2)
+    check_lora_backend(cfg, dist)
     warn_if_bf16_emulated(cfg, dist.device)
-    student, tok = build_model(cfg.student)
+    student, tok = build_model(cfg.student, cfg.seed)
     student.to(dist.device)  # before the teachers: local ones (and 'self' copies) follow it
     teachers = build_teachers(cfg, student, tok)
     router = TeacherRouter(teachers, {d.name: d.route for d in cfg.domains})

@@ -38,6 +38,16 @@ class ModelSpec(Strict):
     # transformers' attention kernel ("sdpa", "eager", "flash_attention_2"...); None: its default.
     # On a CPU, "eager" trains short sequences faster than "sdpa" (docs/benchmarks.md).
     attn_implementation: str | None = None
+    # Students only: train a LoRA adapter (peft's LoraConfig fields), or {path: ADAPTER_DIR} to
+    # continue an existing one (mopd.models.lora, docs/lora.md).
+    lora: dict | None = None
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_keys(cls, v: dict | None) -> dict | None:
+        from mopd.models.lora import check_lora  # imports peft, only when LoRA is asked for
+
+        return None if v is None else check_lora(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
@@ -95,6 +105,8 @@ class TeacherConfig(Strict):
             raise ValueError(f"teacher {self.name!r} of kind 'vllm' needs 'model.path': a HF model directory")
         if self.kind != "vllm" and self.vllm is not None:
             raise ValueError(f"teacher {self.name!r}: 'vllm' only applies to kind 'vllm'")
+        if self.model is not None and self.model.lora is not None:
+            raise ValueError(f"teacher {self.name!r}: 'lora' applies to the student only")
         if self.kind in ("self", "remote") and self.model is not None:
             raise ValueError(f"teacher {self.name!r} of kind {self.kind!r} takes no 'model'")
         remote_only = [k for k in ("url", "served_model", "tokenizer", "api_key_env") if getattr(self, k) is not None]
@@ -328,7 +340,19 @@ class RunConfig(Strict):
                              "without algorithm.is_correction nothing corrects for that. Set "
                              "algorithm.is_correction (e.g. {eps_low: 0.5, eps_high: 2.0}) or sampling.ahead: 0")
         check_outcome_term(self.algorithm, self.sampling.rollouts_per_prompt, "sampling.rollouts_per_prompt")
+        check_self_teacher_on_lora(self)
         return self
+
+
+def check_self_teacher_on_lora(cfg: RunConfig) -> None:
+    """A 'self' teacher of a LoRA student is the student with its adapter switched off: it must
+    not score while the same model samples or trains, which overlap and ahead would make it do."""
+    if cfg.student.lora is None or not any(t.kind == "self" for t in cfg.teachers):
+        return
+    if (cfg.sampling.overlap_chunks > 1 and cfg.rollout.engine == "hf") or cfg.sampling.ahead:
+        raise ValueError("a 'self' teacher of a LoRA student scores with the student's own weights (adapter "
+                         "off), so it cannot run beside sampling from them or the update: set sampling.ahead: 0, "
+                         "and sampling.overlap_chunks: 1 with rollout.engine 'hf'")
 
 
 def check_outcome_term(algo: AlgorithmConfig, rollouts_per_prompt: int, key: str) -> None:

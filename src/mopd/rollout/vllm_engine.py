@@ -28,6 +28,7 @@ from contextlib import contextmanager
 import torch
 
 from mopd.config.schema import VLLMOptions
+from mopd.models.lora import is_peft, merged_state_dict
 from mopd.rollout.engine import Completion, check_prompts, stop_token_ids
 
 VLLM_LOCK = threading.RLock()  # one in-process vLLM engine runs at a time (module docstring)
@@ -120,9 +121,10 @@ class VLLMRolloutEngine:
     def __init__(self, model, eos_ids: list[int] | int, opts: VLLMOptions | None = None, seed: int = 0):
         from vllm.platforms import current_platform
 
-        if hasattr(model, "peft_config"):  # its state_dict names are not the base model's
-            raise NotImplementedError("rollout.engine 'vllm' cannot take a LoRA (peft) student yet; use 'hf'")
-        check_head_dim(model.config, "the student (rollout.engine: vllm)")
+        # A LoRA student is pushed merged weights under its base model's names (_push), so vLLM
+        # serves a plain model of the base's architecture.
+        base = model.get_base_model() if is_peft(model) else model
+        check_head_dim(base.config, "the student (rollout.engine: vllm)")
         opts = opts or VLLMOptions()
         self.eos_ids = stop_token_ids(eos_ids)
         dtype = opts.dtype or _DTYPE_NAMES[next(model.parameters()).dtype]
@@ -130,8 +132,8 @@ class VLLMRolloutEngine:
         # worker does not offer it (it only logs a warning), so on a CPU it stays off.
         self.use_sleep = opts.sleep and current_platform.is_sleep_mode_available()
         with tempfile.TemporaryDirectory(prefix="mopd-vllm-") as d:
-            config = copy.deepcopy(model.config)
-            config.architectures = [type(model).__name__]  # vLLM picks its model class by this
+            config = copy.deepcopy(base.config)
+            config.architectures = [type(base).__name__]  # vLLM picks its model class by this
             config.save_pretrained(d)  # config only: weights come with the first push
             self.llm = start_llm(d, opts, dtype, seed, load_format="dummy", enable_sleep_mode=self.use_sleep)
         self.model = model
@@ -156,7 +158,10 @@ class VLLMRolloutEngine:
         self.stale = True
 
     def _push(self) -> None:
-        weights = [(n, t.detach()) for n, t in self.model.state_dict().items()]
+        if is_peft(self.model):
+            weights = list(merged_state_dict(self.model).items())
+        else:
+            weights = [(n, t.detach()) for n, t in self.model.state_dict().items()]
         with VLLM_LOCK:
             self.llm.collective_rpc(reload_in_worker, args=(weights,))
             # Cached prefixes hold keys/values computed with the old weights.

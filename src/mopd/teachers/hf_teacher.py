@@ -27,7 +27,10 @@ class HFTeacher:
 
     @classmethod
     def frozen_copy_of(cls, name: str, student, **kw) -> "HFTeacher":
-        """The 'self' teacher: the student's weights as they are now, frozen."""
+        """The 'self' teacher: the student's weights as they are now, frozen. A LoRA student's is
+        its base model (the adapter switched off), which shares the student's frozen weights."""
+        if hasattr(student, "peft_config") and hasattr(student, "disable_adapter"):
+            return AdapterOffTeacher(name, student, **kw)
         return cls(name, copy.deepcopy(student), **kw)
 
     @torch.inference_mode()
@@ -46,3 +49,27 @@ class HFTeacher:
             topk_ids=torch.cat([pad(p.topk_ids) for p in parts]) if topk else None,
             topk_logprobs=torch.cat([pad(p.topk_logprobs) for p in parts]) if topk else None,
         )
+
+
+class AdapterOffTeacher:
+    """The 'self' teacher of a LoRA (peft) student: the student with its adapter disabled.
+
+    The base weights never train, so this is exactly the base model, with no second copy in
+    memory. Not an HFTeacher: the teacher pool must never offload it (that would move the
+    student), and it must not freeze the model (the adapter in it trains). It scores only
+    between sampling and the update (config.schema.check_self_teacher_on_lora).
+    """
+
+    def __init__(self, name: str, student, micro_batch_size: int = 32, chunk_size: int = 1024,
+                 temperature: float = 1.0):
+        self.name, self.model, self.temperature = name, student, temperature
+        self.micro_batch_size, self.chunk_size = micro_batch_size, chunk_size
+
+    def score(self, batch: TokenBatch, topk: int = 0) -> TeacherScores:
+        was_training = self.model.training
+        self.model.eval()  # no adapter dropout, as for any teacher
+        try:
+            with self.model.disable_adapter():
+                return HFTeacher.score(self, batch, topk=topk)
+        finally:
+            self.model.train(was_training)

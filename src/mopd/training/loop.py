@@ -70,9 +70,14 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 def resume_from(run: OnPolicyRun, path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
+    from mopd.models.lora import is_adapter_dir, load_adapter_state
+
     # Every rank reads the same checkpoint (output_dir must be on storage that all ranks see).
-    saved = AutoModelForCausalLM.from_pretrained(path, dtype=next(run.model.parameters()).dtype)
-    run.dist.load_model_state(run.model, saved.state_dict())
+    if is_adapter_dir(path):  # a LoRA student's checkpoint holds its adapter alone
+        load_adapter_state(run.dist.unwrap(run.model), path)
+    else:
+        saved = AutoModelForCausalLM.from_pretrained(path, dtype=next(run.model.parameters()).dtype)
+        run.dist.load_model_state(run.model, saved.state_dict())
     state = ckpt.load_trainer_state(path)
     run.dist.load_optimizer_state(run.model, run.optimizer, state["optimizer"])
     run.dist.load_scaler_state(state.get("grad_scaler"))
@@ -100,10 +105,16 @@ def save(run: OnPolicyRun) -> Path:
 
 
 def save_model(run: OnPolicyRun, directory: Path) -> None:
-    """The trained student as a Hugging Face directory (written by the main process)."""
+    """The trained student as a Hugging Face directory (written by the main process); a LoRA
+    student's is its adapter, with the base model it belongs to (`mopd merge-lora` merges them)."""
     model, _ = run.dist.saveable(run.model, run.optimizer)
     if run.dist.is_main:
         save_pretrained(model, run.tokenizer, directory)
+        if (spec := run.run_config.get("student")) and spec.get("lora") is not None:
+            from mopd.config.schema import ModelSpec
+            from mopd.models.lora import save_base_spec
+
+            save_base_spec(directory, ModelSpec(**{k: v for k, v in spec.items() if k != "lora"}))
     run.dist.barrier()
 
 
