@@ -52,13 +52,13 @@ def one_per_family(examples):
 
 def test_tasks_are_distinct_and_the_splits_disjoint_and_seeded():
     tasks = all_tasks()
-    assert len({t.code for t in tasks}) == len(tasks) == 160
+    assert len({t.code for t in tasks}) == len(tasks) == 360
     train, eval_ = split_tasks(0, 100, 40, "swe")
     assert not {t.code for t in train} & {t.code for t in eval_}
     assert split_tasks(0, 10, 40, "swe")[1] == eval_  # the eval split does not move with n_train
     assert split_tasks(1, 100, 40, "swe")[1] != eval_
-    with pytest.raises(ValueError, match="only 160 exist"):
-        split_tasks(0, 150, 20, "swe")
+    with pytest.raises(ValueError, match="only 360 exist"):
+        split_tasks(0, 350, 20, "swe")
 
 
 @pytest.mark.parametrize("make", list(FAMILIES), ids=lambda f: f.__name__)

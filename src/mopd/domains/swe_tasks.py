@@ -1,7 +1,7 @@
 """The tasks of the `swe` domain: a short Python function with one planted bug, and its tests.
 
 Five bug families (an off-by-one range, a wrong comparison, a wrong return, swapped
-arguments, an off-by-one index), each over four function names and eight constants: 160
+arguments, an off-by-one index), each over four function names and 18 constants: 360
 distinct tasks, shuffled by a seed into disjoint eval and train splits. The bug is always
 on one line, so one `edit` fixes it; the tests' expected values come from running the
 correct function here (it is our code, not the model's), so a task's tests pass on the fix
@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-CONSTANTS = range(2, 10)
+CONSTANTS = range(2, 20)
 
 
 @dataclass(frozen=True)
