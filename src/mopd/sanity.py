@@ -8,6 +8,7 @@ vocabulary, special tokens and chat template agree with the student's.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from mopd.build import build_domains, build_model
@@ -84,7 +85,8 @@ def self_distillation_check(cfg: RunConfig) -> SanityReport:
     # At the configured sampling temperature: the teacher must score at the temperature the
     # student is trained at, and a gap there is exactly what this check is for.
     temperature = cfg.sampling.temperature
-    teacher = HFTeacher.frozen_copy_of("self", student, temperature=temperature)
+    # A copy of the student as it is, even a LoRA one (whose 'self' teacher in a run is its base).
+    teacher = HFTeacher("self", copy.deepcopy(student), temperature=temperature)
     router = TeacherRouter({"self": teacher}, {d.name: "self" for d in cfg.domains})
     # The plain sampled-token loss, with no IS mask, so any gap is visible.
     objective = MOPDObjective(router, AlgorithmConfig(a_max=cfg.algorithm.a_max, is_correction=None))
