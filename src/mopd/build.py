@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mopd.config.schema import DomainConfig, ModelSpec, RunConfig, TeacherConfig, VLLMOptions
+from mopd.data.adaptive import mixture_adapter
 from mopd.data.mixture import MixtureSampler
 from mopd.data.prompts import DataError, load_domain_examples, read_rows, render_prompt
 from mopd.domains.base import Example
@@ -200,4 +201,5 @@ def build_mopd_run(cfg: RunConfig, output_dir: str | None = None) -> OnPolicyRun
         optimizer=optimizer, scheduler=scheduler, sampling=cfg.sampling, optim=cfg.optim,
         output_dir=Path(output_dir or cfg.output_dir), checkpoint=cfg.checkpoint, logging=cfg.logging,
         verifiers=verifiers, seed=dist.rank_seed(cfg.seed), name="mopd", run_config=cfg.model_dump(), dist=dist,
+        mixture=mixture_adapter(cfg.sampling.mixture, {d.name: d.weight for d in cfg.domains}),
     )

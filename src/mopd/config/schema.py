@@ -206,6 +206,17 @@ class AlgorithmConfig(Strict):
     normalization: Literal["sequence", "token"] = "sequence"
 
 
+class MixtureConfig(Strict):
+    """How the domain mixture moves during a run (mopd.data.adaptive; docs/method.md)."""
+
+    # fixed: domains[].weight throughout. tokens: each domain's share of trained tokens follows
+    # its weight (prompt shares divided by measured completion length). gap: shares follow the
+    # weight times the domain's measured reverse KL to its teacher (MOPD).
+    mode: Literal["fixed", "tokens", "gap"] = "fixed"
+    every: int = Field(10, gt=0)  # steps between updates of the shares
+    min_share: float = Field(0.05, ge=0, lt=1)  # no domain's share goes below this
+
+
 class SamplingConfig(Strict):
     prompts_per_step: int = Field(16, gt=0)
     rollouts_per_prompt: int = Field(1, gt=0)
@@ -224,6 +235,15 @@ class SamplingConfig(Strict):
     # Each batch is then one update behind the student; the IS correction weighs that in. Needs a
     # rollout engine with its own weights (vllm). 0: strictly on-policy.
     ahead: int = Field(0, ge=0, le=1)
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+
+    @model_validator(mode="after")
+    def _mixture_is_on_policy(self) -> "SamplingConfig":
+        if self.ahead and self.mixture.mode != "fixed":
+            # The next batch is drawn before this step's metrics exist: shares would change a step
+            # later than in a resumed run, which must draw what the straight run drew.
+            raise ValueError("sampling.mixture.mode other than 'fixed' needs sampling.ahead: 0")
+        return self
 
 
 class OptimConfig(Strict):

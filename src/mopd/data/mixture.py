@@ -2,7 +2,8 @@
 
 Deterministic and resumable: each step gives its slots to the domains furthest below their
 target share so far, and each domain walks through seeded permutations of its prompts.
-The whole state is the count of prompts drawn per domain.
+The whole state is the count of prompts drawn per domain (and, once the shares have been
+changed during a run by `set_shares`, the shares and the counts at that change).
 """
 
 from __future__ import annotations
@@ -24,12 +25,22 @@ class MixtureSampler:
         self.shares = {d: w / total for d, w in weights.items() if w > 0}
         self.seed = seed
         self.drawn = {d: 0 for d in self.shares}
+        self.since = {d: 0 for d in self.shares}  # draws when the shares were last set
         self._orders: dict[tuple[str, int], list[int]] = {}
+
+    def set_shares(self, weights: dict[str, float]) -> None:
+        """New mixture weights from the next batch on (adaptive mixtures); domains keep their place
+        in their prompt order, and deficits are counted from now, not from the start."""
+        total = sum(weights.get(d, 0.0) for d in self.shares)
+        if total <= 0:
+            raise ValueError("mixture weights sum to zero")
+        self.shares = {d: weights.get(d, 0.0) / total for d in self.shares}
+        self.since = dict(self.drawn)
 
     def counts(self, n: int) -> dict[str, int]:
         """How many of the next `n` prompts each domain gets."""
-        total = sum(self.drawn.values())
-        drawn = dict(self.drawn)
+        drawn = {d: self.drawn[d] - self.since[d] for d in self.shares}
+        total = sum(drawn.values())
         out = {d: 0 for d in self.shares}
         for i in range(n):
             # Largest deficit against the exact share; ties broken by domain order.
@@ -56,8 +67,11 @@ class MixtureSampler:
         return batch
 
     def state_dict(self) -> dict:
-        return {"drawn": dict(self.drawn), "seed": self.seed}
+        return {"drawn": dict(self.drawn), "seed": self.seed, "shares": dict(self.shares), "since": dict(self.since)}
 
     def load_state_dict(self, state: dict) -> None:
         self.seed = state["seed"]
+        if "shares" in state:  # older checkpoints: the shares of the config, counted from the start
+            self.shares = {d: state["shares"].get(d, 0.0) for d in self.shares}
         self.drawn = {d: state["drawn"].get(d, 0) for d in self.shares}
+        self.since = {d: state.get("since", {}).get(d, 0) for d in self.shares}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from mopd.config.schema import AlgorithmConfig, ModelSpec, Strict, TinyModel, check_outcome_term
+from mopd.config.schema import AlgorithmConfig, MixtureConfig, ModelSpec, Strict, TinyModel, check_outcome_term
 
 
 class PipelineDomain(Strict):
@@ -35,6 +35,8 @@ class RLStage(Strict):
     # Steps in a row with nothing to learn from (e.g. every GRPO group at reward 0) that stop the
     # stage with an error naming the cause; None: go on regardless.
     max_empty_in_a_row: int | None = Field(10, gt=0)
+    # How the domain mixture moves during the stage (sampling.mixture of a run: fixed, tokens, gap).
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
 
 
 class OffPolicyStage(Strict):

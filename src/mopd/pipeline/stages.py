@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from mopd.config.schema import (CheckpointConfig, LoggingConfig, ModelSpec, OptimConfig, SamplingConfig)
+from mopd.data.adaptive import mixture_adapter
 from mopd.data.mixture import MixtureSampler
 from mopd.domains.base import Example
 from mopd.domains.registry import build_domain
@@ -106,13 +107,14 @@ def onpolicy(model, tok, doms: Domains, weights: dict[str, float], objective: Ob
                         grad_accum_steps=stage.grad_accum_steps, max_empty_in_a_row=stage.max_empty_in_a_row)
     optimizer, scheduler = build_optimizer(model, optim)
     sampling = SamplingConfig(prompts_per_step=stage.prompts_per_step, rollouts_per_prompt=stage.rollouts_per_prompt,
-                              temperature=stage.temperature, max_new_tokens=stage.max_new_tokens)
+                              temperature=stage.temperature, max_new_tokens=stage.max_new_tokens,
+                              mixture=stage.mixture)
     return OnPolicyRun(
         model=model, tokenizer=tok, engine=HFRolloutEngine(model, tok.pad_token_id, eos_ids(tok, model)),
         sampler=MixtureSampler({d: doms.train[d] for d in weights}, weights, seed=seed), objective=objective,
         optimizer=optimizer, scheduler=scheduler, sampling=sampling, optim=optim, output_dir=out,
         checkpoint=CheckpointConfig(every=0, keep=1), logging=LoggingConfig(progress=True),
-        verifiers=doms.verifiers, seed=seed, name=name)
+        verifiers=doms.verifiers, seed=seed, name=name, mixture=mixture_adapter(stage.mixture, weights))
 
 
 def train_with_curve(run: OnPolicyRun, points: int, on_point: Callable[[], Scores] | None,

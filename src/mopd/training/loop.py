@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from mopd.config.schema import CheckpointConfig, LoggingConfig, OptimConfig, SamplingConfig
+from mopd.data.adaptive import MixtureAdapter
 from mopd.data.mixture import MixtureSampler
 from mopd.models.loading import save_pretrained
 from mopd.objectives.base import Objective
@@ -59,6 +60,7 @@ class OnPolicyRun:
     skipped_nonfinite: int = 0  # updates skipped for a non-finite loss or gradient, in all
     skipped_empty: int = 0  # updates skipped because no token had a learning signal, in all
     prefetched: Prefetched | None = None  # the next step's batch, sampled ahead (sampling.ahead)
+    mixture: MixtureAdapter | None = None  # adaptive domain shares (sampling.mixture); None: fixed
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -87,6 +89,8 @@ def resume_from(run: OnPolicyRun, path: Path) -> None:
     run.step = state["step"]
     run.skipped_nonfinite = state.get("skipped_nonfinite", 0)
     run.skipped_empty = state.get("skipped_empty", 0)
+    if run.mixture is not None:
+        run.mixture.load_state_dict(state.get("mixture", {}))
     log.info("resumed %s from %s at step %d", run.name, path, run.step)
 
 
@@ -97,6 +101,8 @@ def save(run: OnPolicyRun) -> Path:
              "skipped_empty": run.skipped_empty}
     if (scaler := run.dist.scaler_state()) is not None:
         extra["grad_scaler"] = scaler
+    if run.mixture is not None:
+        extra["mixture"] = run.mixture.state_dict()
     root = run.output_dir / "checkpoints"
     path = ckpt.save_checkpoint(root, run.step, model, run.tokenizer, optimizer, run.scheduler, extra,
                                 keep=run.checkpoint.keep) if run.dist.is_main else None
@@ -242,6 +248,8 @@ def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = N
                 last["skipped_nonfinite"] = float(run.skipped_nonfinite)
                 last["skipped_empty"] = float(run.skipped_empty)
                 run.step += 1
+                if run.mixture is not None:
+                    last.update(run.mixture.after_step(run.step, last, run.sampler))
                 if logger and (run.step % run.logging.every == 0 or run.step == run.optim.steps):
                     logger.log(run.step, last)
                 bar.advance(last)
