@@ -75,14 +75,15 @@ def one(setup: str, args) -> dict:
     run = build_mopd_run(run_config(setup, args))
     built = rss.current()
     rss.reset()
-    times = []
+    times, updates = [], []
     for _ in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        mopd_step(run)
+        updates.append(mopd_step(run)["update_s"])  # the update alone: forward, backward, AdamW
         times.append(time.perf_counter() - t0)
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     return {"setup": setup, "trainable_params": trainable, "built_mib": built, "peak_train_mib": rss.peak(),
-            "peak_mib": rss.lifetime_peak(), "step_s": median(times[args.warmup:]), "steps_s": times}
+            "peak_mib": rss.lifetime_peak(), "step_s": median(times[args.warmup:]),
+            "update_s": median(updates[args.warmup:]), "steps_s": times}
 
 
 def main(argv=None) -> None:
@@ -98,13 +99,14 @@ def main(argv=None) -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results[setup] = json.loads(out.strip().splitlines()[-1])
     full, lora = results["full"], results["lora"]
-    ratios = {k: lora[k] / full[k] for k in ("peak_train_mib", "peak_mib", "step_s")}
-    rows = [[s, r["trainable_params"], r["built_mib"], r["peak_train_mib"], r["peak_mib"], r["step_s"]]
+    ratios = {k: lora[k] / full[k] for k in ("peak_train_mib", "peak_mib", "step_s", "update_s")}
+    rows = [[s, r["trainable_params"], r["built_mib"], r["peak_train_mib"], r["peak_mib"], r["step_s"], r["update_s"]]
             for s, r in results.items()]
-    rows.append(["lora / full", "", "", ratios["peak_train_mib"], ratios["peak_mib"], ratios["step_s"]])
+    rows.append(["lora / full", "", "", *(ratios[k] for k in ("peak_train_mib", "peak_mib", "step_s", "update_s"))])
     print_table(f"LoRA vs full finetuning ({args.model}, teacher {args.teacher}, {args.batch} prompts x "
                 f"{args.max_new_tokens} tokens, {args.threads} thread(s))",
-                ["setup", "trainable params", "after build MiB", "peak in steps MiB", "peak MiB", "step s"], rows)
+                ["setup", "trainable params", "after build MiB", "peak in steps MiB", "peak MiB", "step s", "update s"],
+                rows)
     write_json(args.out or args.work_dir / "bench_lora.json",
                {"args": {k: str(v) for k, v in vars(args).items()}, "results": results, "ratios": ratios})
 

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from mopd.algorithms.logprobs import token_logprobs
@@ -156,3 +157,7 @@ def test_resume_equals_straight_run_and_final_adapter_is_readable(tmp_path):
     assert res.exit_code == 0, res.output
     plain, _ = load(tmp_path / "merged")
     torch.testing.assert_close(logprobs(plain, ids), logprobs(merged, ids), atol=0, rtol=0)
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump(config(tmp_path, "straight").model_dump(mode="json")))
+    res = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["eval", str(final), str(run_yaml)])
+    assert res.exit_code == 0 and "rev" in res.output and "sort" in res.output, res.output

@@ -89,8 +89,9 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     """The weights of base + adapter as one plain model, under the base model's names.
 
     W + scale * B @ A for each adapted layer (peft's `get_delta_weight`, the term its
-    `merge_and_unload` adds in place), computed beside the trained model: its own tensors are
-    not touched, and only one layer's merged weight is new memory at a time per tensor returned.
+    `merge_and_unload` adds in place), computed beside the trained model, whose tensors are not
+    touched. Unadapted weights are the model's own tensors; the adapted layers' merged weights
+    are new memory until the caller drops them (a push: one copy of those layers, briefly).
     """
     from peft.tuners.lora import LoraLayer
 
