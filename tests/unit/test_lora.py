@@ -161,3 +161,25 @@ def test_resume_equals_straight_run_and_final_adapter_is_readable(tmp_path):
     run_yaml.write_text(yaml.safe_dump(config(tmp_path, "straight").model_dump(mode="json")))
     res = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["eval", str(final), str(run_yaml)])
     assert res.exit_code == 0 and "rev" in res.output and "sort" in res.output, res.output
+
+
+def test_lora_path_continues_an_adapter(tmp_path):
+    model, tok = lora_student(seed=4)
+    model.save_pretrained(tmp_path / "adapter")
+    again, _ = build_model(ModelSpec(tiny={"seed": 1}, lora={"path": str(tmp_path / "adapter")}))
+    ids = torch.tensor([[3, 5, 7, 9, 11]])
+    torch.testing.assert_close(logprobs(again, ids), logprobs(model, ids), atol=0, rtol=0)
+    trainable = [n for n, p in again.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)  # loaded to train, not for inference
+
+
+def test_fsdp2_and_deepspeed_are_refused_with_the_reason(tmp_path):
+    from types import SimpleNamespace
+
+    from mopd.build import check_lora_backend
+
+    cfg = config(tmp_path, "x")
+    check_lora_backend(cfg, SimpleNamespace(fsdp2=False, deepspeed=False))  # one process, DDP
+    for dist in (SimpleNamespace(fsdp2=True, deepspeed=False), SimpleNamespace(fsdp2=False, deepspeed=True)):
+        with pytest.raises(ValueError, match="not yet under FSDP2 or DeepSpeed"):
+            check_lora_backend(cfg, dist)
