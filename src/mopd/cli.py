@@ -294,7 +294,7 @@ def _eval_settings(run: RunConfig):
 
 
 @app.command("merge-lora")
-def merge_lora(adapter: Annotated[Path, typer.Argument(help="A LoRA adapter directory (a run's final/ or a checkpoint).")],
+def merge_lora(adapter: Annotated[Path, typer.Argument(help="A LoRA adapter directory (final/ or a checkpoint).")],
                out: Annotated[Path, typer.Argument(help="Where to write the merged Hugging Face model.")],
                base: Annotated[Optional[str], typer.Option(help="The base model (default: the one recorded "
                                                            "beside the adapter).")] = None) -> None:

@@ -106,8 +106,8 @@ def test_self_teacher_is_the_base_model_in_the_students_memory():
     model, tok = lora_student()
     teacher = build_teacher(TeacherConfig(name="self", kind="self"), model, tok)
     base = load_model(ModelSpec(tiny={"seed": 1}), tok)
-    shared = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
-    assert shared.data_ptr() == teacher.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.data_ptr()
+    shared = q_weight(model)
+    assert q_weight(teacher.model).data_ptr() == shared.data_ptr()
     assert sum(p.numel() for p in teacher.model.parameters()) == sum(p.numel() for p in model.parameters())
     from mopd.rollout.types import TokenBatch
 
@@ -125,8 +125,14 @@ def test_self_teacher_is_the_base_model_in_the_students_memory():
     assert model.training and shared.requires_grad is False
 
 
+def q_weight(peft_model):
+    return peft_model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+
+
 def test_a_step_changes_only_the_adapter(tmp_path):
     run = build_mopd_run(config(tmp_path, "one", optim={"steps": 1, "lr": 1e-2}))
+    teacher = run.objective.router.teachers["base"]  # as built for a run: no copy there either
+    assert q_weight(teacher.model).data_ptr() == q_weight(run.model).data_ptr()
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     run_onpolicy(run)
     after = run.model.state_dict()
