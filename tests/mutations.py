@@ -46,7 +46,7 @@ MUTATIONS = [
              'topk_reverse_kl_loss(fwd.target_logprobs, signals["topk_lp_teacher"], mask',
              'topk_reverse_kl_loss(signals["topk_lp_teacher"], fwd.target_logprobs, mask', WIRING),
     Mutation("IS weights dropped from the top-k loss", "objectives/mopd.py",
-             "mask, weights=w, **norm)", "mask, **norm)", WIRING),
+             "mask, weights=w,", "mask, weights=None,", WIRING),
     Mutation("temperature dropped from the student's training log-probs", "training/update.py",
              "temperature=temperature, with_entropy=True", "temperature=1.0, with_entropy=True", TEMPERATURE),
     Mutation("temperature dropped from the teacher's log-probs", "teachers/hf_teacher.py",
