@@ -24,7 +24,8 @@ from mopd.teachers.hf_teacher import HFTeacher
 from mopd.teachers.pool import TeacherPool
 from mopd.teachers.remote import RemoteTeacher
 from mopd.teachers.router import TeacherRouter
-from mopd.training.distributed import Accelerated, check_engines, check_precision
+from mopd.training.backend_checks import check_engines, check_precision
+from mopd.training.distributed import Accelerated
 from mopd.training.loop import OnPolicyRun
 from mopd.training.optim import build_optimizer
 from mopd.training.rollouts import Verifier, eos_ids

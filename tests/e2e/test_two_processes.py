@@ -23,19 +23,20 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 STEPS = 3
 
 
-def write_config(tmp_path: Path, dtype: str = "float32") -> Path:
+def write_config(tmp_path: Path, dtype: str = "float32", lr: float = 1e-3, **student) -> Path:
+    """The two-process run's config (also used by the LoRA two-process test); `student`: extra keys."""
     tok = char_tokenizer()
     save_pretrained(tiny_model(tok, seed=11), tok, tmp_path / "teacher")
     cfg = {
         "seed": 5,
-        "student": {"tiny": {"seed": 1}, "dtype": dtype},
+        "student": {"tiny": {"seed": 1}, "dtype": dtype, **student},
         "teachers": [{"name": "t", "model": {"path": str(tmp_path / "teacher")}}, {"name": "me", "kind": "self"}],
         "domains": [{"name": "rev", "prompts": {"builtin": "reversal", "params": {"n_train": 40, "n_eval": 5}},
                      "teacher": "t"},
                     {"name": "sort", "prompts": {"builtin": "sorting", "params": {"n_train": 40, "n_eval": 5}},
                      "teacher": "me"}],
         "sampling": {"prompts_per_step": 8, "max_new_tokens": 6},
-        "optim": {"steps": STEPS, "lr": 1e-3, "grad_accum_steps": 2},
+        "optim": {"steps": STEPS, "lr": lr, "grad_accum_steps": 2},
         "checkpoint": {"every": 1, "keep": 5},
         "logging": {"progress": False},
         "distributed": {"device": "cpu"},

@@ -22,17 +22,15 @@ How a step is split across ranks:
 from __future__ import annotations
 
 import contextlib
-import functools
-import logging
 import math
-import os
-from types import SimpleNamespace
 
 import torch
 
 from mopd.config.schema import DistributedConfig
+# Re-exported: what a backend refuses, and what one rank sees, live in their own modules.
+from mopd.training.backend_checks import _warn_if_launch_setting_dropped, check_engines, check_precision  # noqa: F401,E501
+from mopd.training.rank_views import RankShard, ThroughWrapper
 
-log = logging.getLogger(__name__)
 
 # Metrics that add up over ranks; every other one is averaged.
 SUMMED_METRICS = ("completion_tokens", "sequences", "tokens_per_s")
@@ -255,28 +253,6 @@ def inner_optimizer(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
-def check_precision(cfg, sharded: bool) -> None:
-    """FSDP2 keeps its own float32 master weights only with mixed precision on: with
-    `mixed_precision: no` it shards the weights as loaded, and AdamW would step a 16-bit student's
-    weights in place, where updates of a distillation learning rate round away."""
-    if sharded and cfg.student.dtype != "float32" and cfg.distributed.mixed_precision == "no":
-        raise ValueError(
-            f"FSDP2 with student.dtype {cfg.student.dtype} and distributed.mixed_precision 'no' steps the "
-            f"{cfg.student.dtype} weights in place (no float32 master copy), so small updates round away. "
-            "Set student.dtype: float32 and distributed.mixed_precision: bf16 (FSDP2 then keeps float32 "
-            "sharded weights and computes in bf16)")
-
-
-def check_engines(cfg, world: int, sharded: bool = False) -> None:
-    """A vLLM rollout engine runs in each training process (vLLM joins the launcher's processes)
-    and takes that process's whole weights at every push, which FSDP2 does not hold. (vLLM
-    teachers load their own weights, so they run under any backend.)"""
-    if world > 1 and sharded and cfg.rollout.engine == "vllm":
-        raise ValueError("rollout.engine 'vllm' runs one engine in each training process and pushes it that "
-                         "process's whole weights, which FSDP2 shards; under FSDP2 use rollout.engine 'hf', "
-                         "or DDP / DeepSpeed ZeRO-2 with 'vllm'")
-
-
 def build_accelerator(cfg: DistributedConfig):
     """An Accelerator for `cfg`; the launcher (its env vars) decides processes, DDP / FSDP / DeepSpeed."""
     from accelerate import Accelerator
@@ -292,25 +268,6 @@ def build_accelerator(cfg: DistributedConfig):
     _fresh_state_if_alone(cpu, cfg.mixed_precision)
     # The scheduler steps once per optimizer step: prompts_per_step is already the global batch.
     return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
-
-
-def _warn_if_launch_setting_dropped(kind) -> None:
-    """accelerate applies a launch config's FSDP or DeepSpeed only on GPU-like devices; on CPU
-    processes it silently runs DDP (or one process). Say so: the user asked for sharding."""
-    from accelerate.utils import DistributedType
-
-    asked = tuple(wanted for var, wanted in (("ACCELERATE_USE_FSDP", DistributedType.FSDP),
-                                              ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED))
-                  if os.environ.get(var, "false").lower() == "true" and kind != wanted)
-    if asked:
-        _warn_dropped(kind, asked)
-
-
-@functools.cache  # once per process: a run builds several accelerators (stages, SFT)
-def _warn_dropped(kind, asked: tuple) -> None:
-    for wanted in asked:
-        log.warning("the launch asked for %s, but accelerate runs this as %s (it applies %s only on GPUs, "
-                    "not on CPU processes): the model is not sharded", wanted.value, kind.value, wanted.value)
 
 
 def _fresh_state_if_alone(cpu: bool, mixed_precision: str) -> None:
@@ -334,50 +291,3 @@ def combine_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
         values = [m[key] for m in per_rank if key in m]
         out[key] = float(sum(values)) if key in SUMMED_METRICS else float(sum(values) / len(values))
     return out
-
-
-class RankShard:
-    """This rank's share of every global batch: rows rank, rank + world, ... of the same draw.
-
-    The mixture sampler returns a batch grouped by domain, so the strided slice gives every rank
-    the same mix. Everything else (state, shares) is the shared sampler's.
-    """
-
-    def __init__(self, sampler, rank: int, world: int):
-        self.sampler, self.rank, self.world = sampler, rank, world
-
-    def next_batch(self, n: int):
-        return self.sampler.next_batch(n)[self.rank::self.world]
-
-    def __getattr__(self, name):
-        return getattr(self.sampler, name)
-
-
-class ThroughWrapper:
-    """A wrapped model (DDP, FSDP2, DeepSpeed) seen by `token_logprobs` as a trunk and a head.
-
-    The trunk call runs the wrapper's own forward, where gradient synchronisation and parameter
-    gathering are hooked, and hands back the final hidden state; the head then turns it into
-    log-probs a chunk of positions at a time, so memory does not grow with batch x length x vocab.
-    With `head_outside=False` there is no separate head: `token_logprobs` takes the full logits
-    of the wrapper's forward.
-    """
-
-    def __init__(self, wrapped, inner, head_outside: bool = True):
-        self.wrapped, self.inner, self.head_outside = wrapped, inner, head_outside
-        self.config = inner.config
-
-    def get_output_embeddings(self):
-        return self.inner.get_output_embeddings() if self.head_outside else None
-
-    def get_decoder(self):
-        return self._trunk
-
-    def _trunk(self, input_ids, attention_mask):
-        # logits_to_keep=1: the head inside the forward runs on one position, not all of them.
-        out = self.wrapped(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                           logits_to_keep=1, use_cache=False)
-        return SimpleNamespace(last_hidden_state=out.hidden_states[-1])
-
-    def __call__(self, input_ids, attention_mask, **kw):  # models without a separable head; the probe
-        return self.wrapped(input_ids=input_ids, attention_mask=attention_mask, **kw)
