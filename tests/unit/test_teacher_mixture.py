@@ -159,3 +159,14 @@ def test_distill_with_a_mixture_end_to_end(tmp_path):
     assert {"reverse_kl_to/anchor/add", "reverse_kl_to/specialist/add", "reverse_kl_to/specialist/rev"} <= set(last)
     assert "reverse_kl_to/anchor/rev" not in last  # rev does not use the anchor
     assert (tmp_path / "out" / "final" / "config.json").is_file()
+
+
+def test_weights_are_normalised_to_sum_one():
+    algo = AlgorithmConfig(is_correction=None)
+    teachers = {"a": HFTeacher("a", model(1)), "b": HFTeacher("b", model(2))}
+    scaled = MOPDObjective(TeacherRouter(teachers, {"math": [("a", 3.0), ("b", 1.0)], "rev": "a"}), algo)
+    unit = MOPDObjective(TeacherRouter(teachers, {"math": [("a", 0.75), ("b", 0.25)], "rev": "a"}), algo)
+    assert scaled.router.route("math") == [("a", 0.75), ("b", 0.25)]
+    b = batch()
+    (ref, ref_g), (got, got_g) = loss_and_grad(unit, b), loss_and_grad(scaled, b)
+    assert torch.equal(got.loss, ref.loss) and all(torch.equal(x, y) for x, y in zip(got_g, ref_g))
