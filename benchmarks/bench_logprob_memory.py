@@ -4,7 +4,7 @@ Forward + backward of the sampled-token log-probs, with the entropy (as the trai
 asks for it), of a 2048-token completion with
 SmolLM2-135M's vocabulary (49,152) and width (576):
   - plain:   logits [B x T x V] -> log_softmax -> gather (what a trainer does by default)
-  - chunked: mopd.algorithms.logprobs.token_logprobs (output head + log-softmax on chunks
+  - chunked: mopd.models.logprobs.token_logprobs (output head + log-softmax on chunks
              of positions, each recomputed in the backward pass), once per `--chunk-sizes`
   - trunk:   the model's trunk alone (hidden states, no output head): the floor both share.
 
@@ -66,7 +66,7 @@ def plain_logprobs(model, ids, attn, pos):
 
 
 def variant_loss(name, model, ids, attn, pos):
-    from mopd.algorithms.logprobs import token_logprobs
+    from mopd.models.logprobs import token_logprobs
 
     if name == "trunk":  # the shared floor: hidden states only, a loss that touches every position
         return model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state.pow(2).mean()

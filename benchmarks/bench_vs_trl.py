@@ -155,8 +155,8 @@ def mopd_entry(conn, args, setup: str, student: str, teacher: str, prompts: str)
 
 def stepped_weights(run) -> list[tuple[str, torch.Tensor, torch.dtype]]:
     """(name, tensor the optimiser steps, dtype the model was loaded in) of the student's weights."""
-    from mopd.training.distributed import inner_optimizer
-    from mopd.training.master_weights import MasterWeightsAdamW
+    from mopd.distributed.runtime import inner_optimizer
+    from mopd.distributed.master_weights import MasterWeightsAdamW
 
     named = [(n, p) for n, p in run.dist.unwrap(run.model).named_parameters() if p.requires_grad]
     opt = inner_optimizer(run.optimizer)

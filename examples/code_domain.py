@@ -2,11 +2,11 @@
 
 Use it in a config with `prompts: {builtin: "python:examples/code_domain.py"}` (path relative to
 where mopd runs, or absolute). The generated program runs in a sandboxed subprocess
-(`mopd.domains.sandbox.run_python`: time and memory limits, no inherited environment), never in
+(`mopd.verifiers.sandbox.run_python`: time and memory limits, no inherited environment), never in
 the training process; the reward is the share of tests whose output matches.
 """
 
-from mopd.domains.sandbox import run_python
+from mopd.verifiers.sandbox import run_python
 
 name = "code"
 

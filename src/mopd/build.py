@@ -24,11 +24,11 @@ from mopd.teachers.hf_teacher import HFTeacher
 from mopd.teachers.pool import TeacherPool
 from mopd.teachers.remote import RemoteTeacher
 from mopd.teachers.router import TeacherRouter
-from mopd.training.backend_checks import check_engines, check_precision
-from mopd.training.distributed import Accelerated
+from mopd.distributed.backend_checks import check_engines, check_precision
+from mopd.distributed.runtime import Accelerated
 from mopd.training.loop import OnPolicyRun
 from mopd.training.optim import build_optimizer
-from mopd.training.rollouts import Verifier, eos_ids
+from mopd.rollout.sample import Verifier, eos_ids
 
 
 def build_model(spec: ModelSpec, seed: int = 0):

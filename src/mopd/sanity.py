@@ -23,7 +23,7 @@ from mopd.teachers.hf_teacher import HFTeacher
 from mopd.teachers.remote import RemoteTeacher
 from mopd.teachers.router import TeacherRouter
 from mopd.training.loop import step_generator
-from mopd.training.rollouts import collect_rollouts, eos_ids
+from mopd.rollout.sample import collect_rollouts, eos_ids
 from mopd.training.update import update_step
 
 KL_TOLERANCE = 1e-4

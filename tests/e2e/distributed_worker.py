@@ -20,7 +20,7 @@ from mopd.config.load import load_config
 from mopd.config.schema import LoggingConfig, OptimConfig, RunConfig
 from mopd.domains.registry import build_domain
 from mopd.models.tiny import char_tokenizer, tiny_model
-from mopd.training.distributed import Accelerated, inner_optimizer
+from mopd.distributed.runtime import Accelerated, inner_optimizer
 from mopd.training.loop import run_onpolicy
 from mopd.training.sft import SFTSettings, run_sft
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mopd.config.schema import DistributedConfig
-from mopd.training.distributed import Accelerated
+from mopd.distributed.runtime import Accelerated
 from mopd.training.update import update_step
 from normalisation_case import OBJECTIVES, fixed_batch, student
 

@@ -13,7 +13,7 @@ from mopd.data.prompts import render_prompt
 from mopd.domains.base import Example
 from mopd.models.loading import load_model, load_tokenizer, save_pretrained
 from mopd.rollout.hf_engine import HFRolloutEngine
-from mopd.training.rollouts import eos_ids
+from mopd.rollout.sample import eos_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.smollm2]
 

@@ -30,7 +30,7 @@ from mopd.rollout.types import Rollout, collate
 from mopd.teachers.hf_teacher import HFTeacher
 from mopd.teachers.router import TeacherRouter
 from mopd.training.loop import run_onpolicy
-from mopd.training.rollouts import eos_ids
+from mopd.rollout.sample import eos_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.smollm2]
 

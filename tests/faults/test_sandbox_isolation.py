@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from mopd.domains import isolation, proclimit
-from mopd.domains.isolation import IsolationUnavailable, available_backends
-from mopd.domains.sandbox import run_python
-from mopd.domains.sandbox_tests import run_tests
+from mopd.verifiers import isolation, proclimit
+from mopd.verifiers.isolation import IsolationUnavailable, available_backends
+from mopd.verifiers.sandbox import run_python
+from mopd.verifiers.sandbox_tests import run_tests
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,9 +13,9 @@ from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
 from mopd.domains.base import Example
 from mopd.domains.registry import build_domain
-from mopd.domains.sandbox import run_python
+from mopd.verifiers.sandbox import run_python
 from mopd.training.loop import run_onpolicy, step_generator
-from mopd.training.rollouts import collect_rollouts, safe_reward
+from mopd.rollout.sample import collect_rollouts, safe_reward
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

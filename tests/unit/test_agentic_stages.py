@@ -172,7 +172,7 @@ def test_sampling_ahead_plays_the_next_steps_episodes_with_the_weights_before_th
     train_one_step(run, prefetch_next=True)
     b = run.prefetched.sampled.batch
     assert any(r.episode is not None and r.episode.turns > 1 for r in run.prefetched.sampled.rollouts)
-    from mopd.algorithms.logprobs import token_logprobs
+    from mopd.models.logprobs import token_logprobs
     with torch.no_grad():
         old = token_logprobs(before, b.input_ids, b.attention_mask, b.gen_mask).logprobs
     torch.testing.assert_close(b.sample_logprobs[b.gen_mask], old[b.gen_mask], atol=1e-5, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""The `distributed` config section, and the pieces of mopd.training.distributed that work in
+"""The `distributed` config section, and the pieces of mopd.distributed.runtime that work in
 one process: rank shares of the prompt mixture, metric combination, the wrapped-model forward,
 accelerate's state across runs, and bf16 autocast on the CPU."""
 
@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mopd.algorithms.logprobs import token_logprobs
+from mopd.models.logprobs import token_logprobs
 from mopd.build import build_mopd_run
 from mopd.config.load import ConfigError, load_config
 from mopd.config.schema import RunConfig
 from mopd.data.mixture import MixtureSampler
 from mopd.domains.base import Example
 from mopd.models.tiny import char_tokenizer, tiny_model
-from mopd.training.distributed import (Accelerated, RankShard, ThroughWrapper, _warn_if_launch_setting_dropped,
+from mopd.distributed.runtime import (Accelerated, RankShard, ThroughWrapper, _warn_if_launch_setting_dropped,
                                       build_accelerator, check_engines, combine_metrics)
 from mopd.training.loop import run_onpolicy
 
@@ -68,7 +68,7 @@ def test_gpu_settings_without_a_gpu_fail_at_build():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what accelerate does on CPU processes")
 def test_a_launch_asking_for_fsdp_on_the_cpu_warns_that_it_is_dropped(monkeypatch, caplog):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp2.yaml` sets
-    with caplog.at_level("WARNING", logger="mopd.training.distributed"):
+    with caplog.at_level("WARNING", logger="mopd.distributed.runtime"):
         dist = Accelerated.from_config(load(base(device="cpu")).distributed)
         Accelerated.from_config(load(base(device="cpu")).distributed)  # a run builds several
     assert not dist.fsdp2
@@ -85,7 +85,7 @@ def test_a_dropped_deepspeed_launch_is_named_too(monkeypatch, caplog):
     from accelerate.utils import DistributedType
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with caplog.at_level("WARNING", logger="mopd.training.distributed"):
+    with caplog.at_level("WARNING", logger="mopd.distributed.runtime"):
         _warn_if_launch_setting_dropped(DistributedType.DEEPSPEED)
         assert not caplog.text
         _warn_if_launch_setting_dropped(DistributedType.MULTI_CPU)

@@ -4,7 +4,7 @@ all-equal groups and the loss is token-normalised over the kept tokens."""
 import pytest
 import torch
 
-from mopd.algorithms.logprobs import TokenLogprobs
+from mopd.models.logprobs import TokenLogprobs
 from mopd.objectives.base import Totals
 from mopd.objectives.grpo import GRPOObjective
 from mopd.rollout.types import Rollout, collate

@@ -2,7 +2,7 @@
 
 import torch
 
-from mopd.algorithms.logprobs import token_logprobs
+from mopd.models.logprobs import token_logprobs
 from mopd.models.tiny import char_tokenizer, tiny_model
 
 

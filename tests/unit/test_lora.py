@@ -9,7 +9,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from mopd.algorithms.logprobs import token_logprobs
+from mopd.models.logprobs import token_logprobs
 from mopd.build import build_model, build_mopd_run, build_teacher
 from mopd.cli import app
 from mopd.config.load import ConfigError, load_config

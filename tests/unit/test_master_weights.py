@@ -9,7 +9,7 @@ import torch
 from mopd.build import build_mopd_run
 from mopd.config.schema import OptimConfig
 from mopd.training.loop import run_onpolicy
-from mopd.training.master_weights import MasterWeightsAdamW, wants_master_weights
+from mopd.distributed.master_weights import MasterWeightsAdamW, wants_master_weights
 from mopd.training.optim import build_optimizer
 from test_resume import config as resume_config
 

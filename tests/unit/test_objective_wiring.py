@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mopd.algorithms.logprobs import TokenLogprobs
+from mopd.models.logprobs import TokenLogprobs
 from mopd.config.schema import AlgorithmConfig, ISCorrection
 from mopd.objectives.base import Totals
 from mopd.objectives.mopd import MOPDObjective

@@ -15,7 +15,7 @@ from mopd.teachers.base import TeacherError, TeacherScores
 from mopd.training import loop
 from mopd.training.loop import step_generator, train_one_step
 from mopd.training.overlap import chunk_bounds, chunk_generator, sample_and_score
-from mopd.training.rollouts import collect_rollouts
+from mopd.rollout.sample import collect_rollouts
 
 PARAMS = {"min_len": 3, "max_len": 5, "n_train": 40, "n_eval": 5}
 

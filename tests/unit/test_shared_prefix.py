@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from mopd.algorithms.logprobs import token_logprobs
-from mopd.algorithms.shared_prefix import can_share_prefix, shared_prefix_length, trunk_hidden
+from mopd.models.logprobs import token_logprobs
+from mopd.models.shared_prefix import can_share_prefix, shared_prefix_length, trunk_hidden
 from mopd.models.tiny import char_tokenizer, tiny_model
 
 PREFIX = 9

@@ -11,7 +11,7 @@ from mopd.objectives.mopd import MOPDObjective
 from mopd.pipeline.config import PRESETS
 from mopd.rollout.types import Rollout, collate
 from mopd.teachers.router import TeacherRouter
-from mopd.training.distributed import check_precision
+from mopd.distributed.runtime import check_precision
 from mopd.training.update import update_step
 
 

@@ -1,7 +1,7 @@
 """The `swe` domain's environment: tasks that are right by construction, tools that fix them,
 rewards the model cannot forge, and tool argument errors that cost one observation.
 
-The tests run in the sandbox (`mopd.domains.sandbox_tests`), a fraction of a second each.
+The tests run in the sandbox (`mopd.verifiers.sandbox_tests`), a fraction of a second each.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import string
 import pytest
 
 from mopd.domains.registry import build_domain
-from mopd.domains.sandbox_tests import run_tests
+from mopd.verifiers.sandbox_tests import run_tests
 from mopd.domains.swe import SWEEnvironment, demonstration
 from mopd.domains.swe_tasks import FAMILIES, all_tasks, split_tasks
 from mopd.envs.base import Turn

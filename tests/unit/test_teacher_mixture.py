@@ -7,7 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mopd.algorithms.logprobs import TokenLogprobs
+from mopd.models.logprobs import TokenLogprobs
 from mopd.config.schema import AlgorithmConfig, RunConfig
 from mopd.models.tiny import char_tokenizer, tiny_model
 from mopd.objectives.base import Totals

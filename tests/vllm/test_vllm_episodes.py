@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tiny_vllm import OPTS, vllm_tiny
-from mopd.algorithms.logprobs import token_logprobs
+from mopd.models.logprobs import token_logprobs
 from mopd.domains.base import Example
 from mopd.envs.base import EpisodeLimits, Observation, Opening
 from mopd.envs.domain import EnvDomain

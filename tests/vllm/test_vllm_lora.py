@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tiny_vllm import OPTS, vllm_tiny
-from mopd.algorithms.logprobs import token_logprobs
+from mopd.models.logprobs import token_logprobs
 from mopd.models.lora import apply_lora
 from mopd.rollout.vllm_engine import VLLMRolloutEngine
 

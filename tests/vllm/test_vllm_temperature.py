@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from mopd.algorithms.logprobs import token_logprobs
+from mopd.models.logprobs import token_logprobs
 from mopd.algorithms.mopd_loss import mopd_advantages
 from mopd.config.schema import TeacherConfig
 from mopd.teachers.remote import RemoteTeacher

@@ -139,7 +139,7 @@ class OptimConfig(Strict):
     grad_clip: float | None = 1.0
     grad_accum_steps: int = Field(1, gt=0)
     steps: int = Field(100, gt=0)
-    # float32 copies of a 16-bit student's weights for AdamW to step (mopd.training.master_weights).
+    # float32 copies of a 16-bit student's weights for AdamW to step (mopd.distributed.master_weights).
     # None: on for a bf16 / fp16 student unless DeepSpeed or FSDP2 keeps its own; false: off.
     master_weights: bool | None = None
     # Updates with a non-finite loss or gradient are skipped; this many in a row stop the run.

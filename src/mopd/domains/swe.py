@@ -13,7 +13,7 @@ system message and observations come back as `obs:` user messages):
 and a turn without a tool call ends the episode. The reward is 1 when every test passes on
 the final file, 0 otherwise: the environment re-runs the pristine tests itself once the
 episode is over, whatever the model said or ran. The model's code only ever runs in the
-sandbox (`mopd.domains.sandbox_tests.run_tests`), never in the training process, and no tool
+sandbox (`mopd.verifiers.sandbox_tests.run_tests`), never in the training process, and no tool
 can reach the tests: `edit` writes `solution.py` only, and the tests that decide the reward
 are copied fresh into a sandbox of their own.
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 from mopd.domains.base import Example
-from mopd.domains.sandbox_tests import run_tests
+from mopd.verifiers.sandbox_tests import run_tests
 from mopd.domains.swe_tasks import Task, split_tasks
 from mopd.envs.base import EpisodeLimits, Opening
 from mopd.envs.domain import EnvDomain

@@ -4,7 +4,7 @@ A tool that raises, hangs or prints megabytes must cost the episode one error ob
 never the run: `call_guarded` runs a call in a daemon thread with a time limit and catches
 what it raises, and `ToolEnvironment` caps what a tool returns. A thread that hangs is
 abandoned, not killed (Python cannot kill threads): tools that run code or programs should
-run them in a subprocess with its own limits (`mopd.domains.sandbox`).
+run them in a subprocess with its own limits (`mopd.verifiers.sandbox`).
 """
 
 from __future__ import annotations

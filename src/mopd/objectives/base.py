@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from mopd.algorithms.logprobs import TokenLogprobs
+from mopd.models.logprobs import TokenLogprobs
 from mopd.rollout.types import Rollout, TokenBatch
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from mopd.algorithms.grpo import dynamic_sampling_keep, group_advantages
-from mopd.algorithms.logprobs import TokenLogprobs
+from mopd.models.logprobs import TokenLogprobs
 from mopd.algorithms.mopd_loss import importance_weights, policy_gradient_loss
 from mopd.config.schema import ISCorrection
 from mopd.objectives.base import LossOutput, Totals

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mopd.algorithms.grpo import group_advantages
-from mopd.algorithms.logprobs import TokenLogprobs
+from mopd.models.logprobs import TokenLogprobs
 from mopd.algorithms.mopd_loss import (importance_weights, mixture_advantages, mopd_advantages,
                                        policy_gradient_loss, topk_reverse_kl_loss)
 from mopd.config.schema import AlgorithmConfig

@@ -22,7 +22,7 @@ from mopd.rollout.types import Rollout
 from mopd.teachers.hf_teacher import HFTeacher
 from mopd.teachers.router import TeacherRouter
 from mopd.training.loop import run_onpolicy
-from mopd.training.rollouts import eos_ids
+from mopd.rollout.sample import eos_ids
 from mopd.training.sft import SFTSettings, run_sft
 
 

@@ -25,7 +25,7 @@ from mopd.pipeline.config import PipelineConfig, RLStage
 from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.training.loop import OnPolicyRun, run_onpolicy
 from mopd.training.optim import build_optimizer
-from mopd.training.rollouts import eos_ids
+from mopd.rollout.sample import eos_ids
 
 Scores = dict[str, dict[str, float]]  # domain -> {"greedy", "pass_at_1"}
 

@@ -11,7 +11,7 @@ import copy
 
 import torch
 
-from mopd.algorithms.logprobs import token_logprobs
+from mopd.models.logprobs import token_logprobs
 from mopd.rollout.types import TokenBatch
 from mopd.teachers.base import TeacherScores
 

@@ -19,7 +19,7 @@ import torch
 
 from mopd.config.schema import VLLMOptions
 from mopd.rollout.types import TokenBatch
-from mopd.rollout.vllm_engine import VLLM_LOCK, check_head_dim, start_llm
+from mopd.models.vllm_startup import VLLM_LOCK, check_head_dim, start_llm
 from mopd.teachers.base import TeacherError, TeacherScores
 
 

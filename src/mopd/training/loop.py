@@ -24,13 +24,13 @@ from mopd.teachers.base import TeacherError
 from mopd.training import checkpoint as ckpt
 from mopd.training.ahead import (Prefetched, check_can_run_ahead, sampler_state_before_step, take_prefetched,
                                  update_while_sampling)
-from mopd.training.distributed import Local
+from mopd.distributed.runtime import Local
 from mopd.training.episode_metrics import episode_metrics
 from mopd.training.interrupt import StopOnSignal, TrainingInterrupted
 from mopd.training.metrics import MetricsLogger, per_domain_means, per_domain_row_means
 from mopd.training.progress import StepProgress
 from mopd.training.overlap import sample_and_score
-from mopd.training.rollouts import Verifier
+from mopd.rollout.sample import Verifier
 from mopd.training.update import NonFiniteUpdate, update_step
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class OnPolicyRun:
     seed: int = 0  # this process's sampling seed: `dist.rank_seed` of the config's seed (rank 0: the same)
     name: str = "mopd"
     run_config: dict = field(default_factory=dict)
-    # Device, processes, mixed precision (mopd.training.distributed); default: this process alone.
+    # Device, processes, mixed precision (mopd.distributed.runtime); default: this process alone.
     dist: Local = field(default_factory=Local)
     step: int = 0  # steps completed
     skipped_nonfinite: int = 0  # updates skipped for a non-finite loss or gradient, in all

@@ -6,11 +6,11 @@ import torch
 from transformers import get_scheduler
 
 from mopd.config.schema import OptimConfig
-from mopd.training.master_weights import MasterWeightsAdamW, wants_master_weights
+from mopd.distributed.master_weights import MasterWeightsAdamW, wants_master_weights
 
 
 def build_optimizer(model, cfg: OptimConfig, own_master_weights: bool = False):
-    """AdamW (over float32 master copies for a 16-bit student, see mopd.training.master_weights)
+    """AdamW (over float32 master copies for a 16-bit student, see mopd.distributed.master_weights)
     and its schedule. `own_master_weights`: the distributed backend keeps its own (DeepSpeed, FSDP2)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:

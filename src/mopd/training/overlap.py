@@ -32,7 +32,7 @@ from mopd.domains.base import Example
 from mopd.objectives.base import concat_signals
 from mopd.rollout.engine import awake
 from mopd.rollout.types import Rollout, TokenBatch, collate
-from mopd.training.rollouts import generate_rollouts, verify_rollouts
+from mopd.rollout.sample import generate_rollouts, verify_rollouts
 
 if TYPE_CHECKING:
     from mopd.training.loop import OnPolicyRun

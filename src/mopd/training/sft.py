@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from mopd.algorithms.logprobs import token_logprobs
+from mopd.models.logprobs import token_logprobs
 from mopd.config.schema import LoggingConfig, OptimConfig
 from mopd.data.prompts import DataError, render_prompt
 from mopd.domains.base import Example
 from mopd.envs.base import episode_source
 from mopd.rollout.scripted import demonstration_rollout
 from mopd.rollout.types import Rollout, collate
-from mopd.training.distributed import Local
+from mopd.distributed.runtime import Local
 from mopd.training.metrics import MetricsLogger
 from mopd.training.optim import build_optimizer
 from mopd.training.progress import StepProgress
@@ -82,7 +82,7 @@ def run_sft(model, tokenizer, examples: list[Example | Rollout], optim: OptimCon
             name: str = "sft", dist: Local | None = None) -> list[float]:
     """Train for `optim.steps` batches drawn by epochs over a seeded shuffle; returns the losses.
 
-    `dist` (mopd.training.distributed; default: this process alone) says where and how: every
+    `dist` (mopd.distributed.runtime; default: this process alone) says where and how: every
     rank draws the same batches and trains on its share of each (rows rank, rank + world, ...),
     and the gradients are averaged across ranks. `model` is trained in place.
     """

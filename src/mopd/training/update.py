@@ -8,10 +8,10 @@ from typing import Callable
 
 import torch
 
-from mopd.algorithms.logprobs import token_logprobs
+from mopd.models.logprobs import token_logprobs
 from mopd.objectives.base import Objective, Totals
 from mopd.rollout.types import TokenBatch
-from mopd.training.distributed import Local
+from mopd.distributed.runtime import Local
 
 
 class NonFiniteUpdate(RuntimeError):
@@ -39,7 +39,7 @@ def update_step(model, optimizer, scheduler, batch: TokenBatch, signals: dict[st
     """Forward/backward every micro-batch, clip, step. Returns scalars and per-token diagnostics.
 
     `dist` (default: this process alone, plain torch) runs the backward, the gradient sync at
-    the last micro-batch, clipping and mixed precision (mopd.training.distributed).
+    the last micro-batch, clipping and mixed precision (mopd.distributed.runtime).
     A non-finite loss (on any rank) or gradient norm skips the optimiser step (the gradients
     are dropped) and raises NonFiniteUpdate for the loop to count; every rank decides alike.
     With fp16's loss scaler an overflowing gradient is the scaler's business instead: it skips

@@ -28,8 +28,8 @@ import torch
 
 from mopd.config.schema import DistributedConfig
 # Re-exported: what a backend refuses, and what one rank sees, live in their own modules.
-from mopd.training.backend_checks import _warn_if_launch_setting_dropped, check_engines, check_precision  # noqa: F401,E501
-from mopd.training.rank_views import RankShard, ThroughWrapper
+from mopd.distributed.backend_checks import _warn_if_launch_setting_dropped, check_engines, check_precision  # noqa: F401,E501
+from mopd.distributed.rank_views import RankShard, ThroughWrapper
 
 
 # Metrics that add up over ranks; every other one is averaged.
@@ -215,27 +215,27 @@ class Accelerated(Local):
     def rollout_engine(self, engine, model):
         if not self.fsdp2:
             return engine
-        from mopd.training.fsdp import GatheredRollouts
+        from mopd.distributed.fsdp import GatheredRollouts
 
         return GatheredRollouts(engine, model, self.acc.state.fsdp_plugin.reshard_after_forward is not False)
 
     def saveable(self, model, optimizer):
         if not self.fsdp2:
             return self.unwrap(model), optimizer
-        from mopd.training import fsdp
+        from mopd.distributed import fsdp
 
         return fsdp.full_model(self.acc, model), fsdp.full_optimizer(model, optimizer)
 
     def load_model_state(self, model, state: dict) -> None:
         if self.fsdp2:
-            from mopd.training import fsdp
+            from mopd.distributed import fsdp
 
             return fsdp.load_full_model(model, state)
         self.unwrap(model).load_state_dict(state)
 
     def load_optimizer_state(self, model, optimizer, state: dict) -> None:
         if self.fsdp2:
-            from mopd.training import fsdp
+            from mopd.distributed import fsdp
 
             return fsdp.load_full_optimizer(model, optimizer, state)
         optimizer.load_state_dict(state)

@@ -5,17 +5,17 @@ enforced here, plus a CPU-time rlimit), an address-space limit, a cap on the byt
 write, a cap on its processes, no core dumps, an empty working directory, and an environment
 without the parent's variables (so API keys for remote teachers are not visible to it).
 
-Under bubblewrap (the default wherever it runs, see `mopd.domains.isolation` and
+Under bubblewrap (the default wherever it runs, see `mopd.verifiers.isolation` and
 docs/sandbox.md) it also has no network, no view of other processes, and a filesystem with only
 the interpreter, the standard library and its own scratch directory (writable; all else
 read-only). Without bubblewrap it falls back to a plain subprocess with one warning naming what
 is not isolated, or refuses under `MOPD_SANDBOX=required`.
 
-    from mopd.domains.sandbox import run_python
+    from mopd.verifiers.sandbox import run_python
     res = run_python(program, stdin="3 4\\n", timeout_s=5, memory_mb=256)
     reward = float(res.ok and res.stdout.strip() == "7")
 
-For programs checked by unit tests, `mopd.domains.sandbox_tests.run_tests`.
+For programs checked by unit tests, `mopd.verifiers.sandbox_tests.run_tests`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from mopd.domains import proclimit
-from mopd.domains.isolation import Backend, clean_env, select_backend
+from mopd.verifiers import proclimit
+from mopd.verifiers.isolation import Backend, clean_env, select_backend
 
 # Runs in the child before the program: the limits are in place before any of it executes,
 # and soft = hard, so the code cannot raise them again. (Set here rather than in preexec_fn,

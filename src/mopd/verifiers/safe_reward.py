@@ -7,7 +7,7 @@ A verifier bug on one sample must cost that sample its reward, never the run. Tw
 - "process": the call runs in a forked child that is killed at the timeout, so nothing of a
   hung or crashed verifier outlives it. It costs a fork per sample (a few ms).
 
-Verifiers that execute generated code should also use `mopd.domains.sandbox.run_python`,
+Verifiers that execute generated code should also use `mopd.verifiers.sandbox.run_python`,
 whose subprocess has its own time and memory limits.
 """
 

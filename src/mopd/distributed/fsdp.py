@@ -13,7 +13,7 @@ need the whole model instead:
 
 from __future__ import annotations
 
-from mopd.training.distributed import inner_optimizer
+from mopd.distributed.runtime import inner_optimizer
 
 
 def _fsdp_modules(model) -> list:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from mopd.algorithms.shared_prefix import trunk_hidden
+from mopd.models.shared_prefix import trunk_hidden
 
 
 @dataclass
@@ -113,7 +113,7 @@ def token_logprobs(
     `targets` ([B, T, k] ids) asks for the log-probs of those ids too (student side of the
     top-k loss); `topk` asks for the model's own top-k ids and log-probs (teacher side).
     A prefix of >= `share_prefix` tokens that every row starts with (a system prompt, a GRPO
-    group's prompt) runs through the trunk once (mopd.algorithms.shared_prefix; 0: never).
+    group's prompt) runs through the trunk once (mopd.models.shared_prefix; 0: never).
     """
     B, T = batch_ids.shape
     dev = batch_ids.device

@@ -13,7 +13,7 @@ from mopd.envs.base import episode_source
 from mopd.rollout.engine import RolloutEngine
 from mopd.rollout.episodes import run_episodes
 from mopd.rollout.types import Rollout
-from mopd.training.verification import DEFAULT_VERIFIER_TIMEOUT_S, Verifier, safe_reward  # noqa: F401
+from mopd.verifiers.safe_reward import DEFAULT_VERIFIER_TIMEOUT_S, Verifier, safe_reward  # noqa: F401
 
 log = logging.getLogger(__name__)
 

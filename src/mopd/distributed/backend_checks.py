@@ -7,7 +7,7 @@ import functools
 import logging
 import os
 
-log = logging.getLogger("mopd.training.distributed")  # where these messages were always logged
+log = logging.getLogger("mopd.distributed.runtime")  # where these messages were always logged
 
 
 def check_precision(cfg, sharded: bool) -> None:

@@ -2,7 +2,7 @@
 
 For test-running environments (a SWE-shaped domain: the model edits files, then the tests run):
 
-    from mopd.domains.sandbox_tests import run_tests
+    from mopd.verifiers.sandbox_tests import run_tests
     report = run_tests({"solution.py": model_code},
                        {"test_solution.py": "from solution import add\\n"
                                             "def test_add():\\n    assert add(2, 3) == 5\\n"})
@@ -39,8 +39,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from mopd.domains.isolation import select_backend
-from mopd.domains.sandbox import Limits, Sandboxed, make_scratch
+from mopd.verifiers.isolation import select_backend
+from mopd.verifiers.sandbox import Limits, Sandboxed, make_scratch
 
 _HERE = Path(__file__).resolve().parent
 _WORKER, _RUNNER = "_mopd_worker.py", "_mopd_runner.py"

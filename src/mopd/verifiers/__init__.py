@@ -1,0 +1,1 @@
+"""Running verifiers safely: timeouts, separate processes, and the sandbox for generated code."""
