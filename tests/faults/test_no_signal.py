@@ -2,7 +2,7 @@
 
 A user domain whose reward is 0 for everything the model writes: the SFT init solves none of
 it (a warning naming the domain and the knob), its GRPO teacher sees every group at reward 0
-(every group dropped, no token to learn from), and after `teacher.max_empty_in_a_row` such
+(every group dropped, no token to learn from), and after `teacher.optim.max_empty_in_a_row` such
 steps `mopd reproduce` stops with one error naming the cause and the knobs, exit code 1.
 """
 
@@ -36,9 +36,9 @@ def test_a_stage_without_learning_signal_stops_early_with_the_cause(tmp_path, ca
         "domains": [{"name": "never", "builtin": f"python:{tmp_path / 'never.py'}"}],
         "base": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2}},
         "sft": {"steps": 2, "batch_size": 8},
-        "teacher": {"steps": 50, "prompts_per_step": 4, "rollouts_per_prompt": 4, "max_new_tokens": 4,
-                    "max_empty_in_a_row": 3},
-        "mopd": {"steps": 2, "prompts_per_step": 4, "max_new_tokens": 4},
+        "teacher": {"sampling": {"prompts_per_step": 4, "rollouts_per_prompt": 4, "max_new_tokens": 4},
+                    "optim": {"steps": 50, "lr": 3e-4, "max_empty_in_a_row": 3}},
+        "mopd": {"sampling": {"prompts_per_step": 4, "max_new_tokens": 4}, "optim": {"steps": 2, "lr": 3e-4}},
         "baselines": [],
         "eval": {"samples": 1, "max_new_tokens": 4, "curve_points": 1},
     }

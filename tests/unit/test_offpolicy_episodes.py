@@ -8,7 +8,7 @@ import pytest
 import mopd.pipeline.methods as methods
 from mopd.models.loading import save_pretrained
 from mopd.models.tiny import char_tokenizer, tiny_model
-from mopd.pipeline.config import EvalStage, OffPolicyStage, PipelineConfig, PipelineDomain, RLStage
+from mopd.pipeline.config import EvalStage, OffPolicyStage, PipelineConfig, PipelineDomain, rl_stage
 from mopd.pipeline.stages import Domains
 from mopd.rollout.scripted import ScriptedEngine
 from mopd.rollout.types import Rollout
@@ -18,7 +18,7 @@ def test_offpolicy_keeps_verified_teacher_episodes_and_trains_on_their_turns(tmp
     tok = char_tokenizer()
     save_pretrained(tiny_model(tok, seed=1), tok, tmp_path / "init")
     cfg = PipelineConfig(domains=[PipelineDomain(name="lookup", builtin="lookup", params={"n_train": 8, "n_eval": 2})],
-                         mopd=RLStage(steps=1, prompts_per_step=8, max_new_tokens=16),
+                         mopd=rl_stage(1, prompts_per_step=8, max_new_tokens=16),
                          offpolicy=OffPolicyStage(steps=2, batch_size=4), eval=EvalStage(samples=1, max_new_tokens=8))
     doms = Domains.build(cfg)
     answers = iter(range(10**6))
@@ -30,7 +30,7 @@ def test_offpolicy_keeps_verified_teacher_episodes_and_trains_on_their_turns(tmp
         return text.rsplit("obs:", 1)[-1].strip() if next(answers) % 2 else "000"
 
     engines = []
-    monkeypatch.setattr(methods, "HFRolloutEngine",
+    monkeypatch.setattr(methods, "sampling_engine",
                         lambda *a: engines.append(ScriptedEngine(tok, teacher)) or engines[-1])
     trained = []
     real_sft = methods.run_sft

@@ -32,7 +32,7 @@ def test_outcome_term_with_one_rollout_per_prompt_is_refused():
     RunConfig(**run_config(algorithm={"alpha": 0.5}, sampling={"rollouts_per_prompt": 4}))
     data = PRESETS["micro"]().model_dump()
     data["algorithm"]["alpha"] = 0.5
-    with pytest.raises(ValueError, match="mopd.rollouts_per_prompt"):
+    with pytest.raises(ValueError, match="mopd.sampling.rollouts_per_prompt"):
         type(PRESETS["micro"]()).model_validate(data)
 
 

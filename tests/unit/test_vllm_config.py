@@ -33,8 +33,8 @@ def test_rollout_defaults_to_transformers_and_takes_vllm_settings():
     assert cfg.rollout.engine == "hf"
     engine = build_engine(cfg, load_model(cfg.student), load_tokenizer(cfg.student))
     assert isinstance(engine, HFRolloutEngine)  # no vLLM import on the default path
-    cfg = load(config(), ["rollout.engine=vllm", "rollout.kv_cache_gb=0.5", "rollout.dtype=float32"])
-    assert (cfg.rollout.engine, cfg.rollout.kv_cache_gb, cfg.rollout.dtype) == ("vllm", 0.5, "float32")
+    cfg = load(config(), ["rollout.engine=vllm", "rollout.vllm.kv_cache_gb=0.5", "rollout.vllm.dtype=float32"])
+    assert (cfg.rollout.engine, cfg.rollout.vllm.kv_cache_gb, cfg.rollout.vllm.dtype) == ("vllm", 0.5, "float32")
 
 
 def test_bad_rollout_settings_name_the_key():

@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from mopd.models.logprobs import token_logprobs
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
 from mopd.models.loading import save_pretrained
 from mopd.models.tiny import char_tokenizer, tiny_model
 from mopd.rollout.vllm_engine import VLLMRolloutEngine
 from mopd.teachers.vllm_teacher import VLLMTeacher
-from mopd.training.loop import train_one_step
+from mopd.training.ahead import RunAhead
+from mopd.training.step import train_one_step
 from mopd.training.overlap import sample_and_score
 from tiny_vllm import OPTS
 
@@ -45,10 +46,10 @@ def test_chunked_vllm_step_overlapped_equals_serial(teacher_dir, tmp_path):
                     {"name": "sort", "prompts": {"builtin": "sorting", "params": params}, "teacher": "h"}],
         "sampling": {"prompts_per_step": 9, "max_new_tokens": 6, "overlap_chunks": 3},
         "optim": {"steps": 1, "lr": 1e-3},
-        "rollout": {"engine": "vllm", **vllm_opts},
+        "rollout": {"engine": "vllm", "vllm": vllm_opts},
         "logging": {"progress": False},
     })
-    run = build_mopd_run(cfg)
+    run = build_run(cfg)
     try:
         examples = run.sampler.next_batch(9)
         serial = sample_and_score(run, examples, overlap=False)
@@ -80,10 +81,10 @@ def test_vllm_engine_samples_the_next_batch_during_the_update(tmp_path):
         "domains": [{"name": "rev", "prompts": {"builtin": "reversal", "params": params}, "teacher": "h"}],
         "sampling": {"prompts_per_step": 6, "max_new_tokens": 6, "ahead": 1},
         "optim": {"steps": 2, "lr": 1e-2},
-        "rollout": {"engine": "vllm", **vllm_opts},
+        "rollout": {"engine": "vllm", "vllm": vllm_opts},
         "logging": {"progress": False},
     })
-    run = build_mopd_run(cfg)
+    run = build_run(cfg)
 
     def sampled_with(batch, model):
         """How far the batch's sampling log-probs are from `model`'s, at most."""
@@ -94,19 +95,20 @@ def test_vllm_engine_samples_the_next_batch_during_the_update(tmp_path):
 
     try:
         before = copy.deepcopy(run.model)
-        m0 = train_one_step(run, prefetch_next=True)
+        driver = RunAhead(run)
+        m0 = driver.step(last=False)
         assert math.isfinite(m0["loss"]) and m0["time/update_exposed"] >= 0
-        b1 = run.prefetched.sampled.batch
+        b1 = driver.prefetched.sampled.batch
         assert sampled_with(b1, before) < 1e-3 < sampled_with(b1, run.model)
         assert run.engine.stale  # the new weights wait for the next update's forward and backward
         after0 = copy.deepcopy(run.model)
         run.step += 1
-        m1 = train_one_step(run, prefetch_next=True)  # pushes them while it updates
+        m1 = driver.step(last=False)  # pushes them while it updates
         assert m1["completion_tokens"] == int(b1.gen_mask.sum())
-        b2 = run.prefetched.sampled.batch
+        b2 = driver.prefetched.sampled.batch
         assert sampled_with(b2, after0) < 1e-3 < sampled_with(b2, run.model)
         run.step += 1
-        m2 = train_one_step(run)  # the last step: trains on the prefetched batch, pushes at once
-        assert math.isfinite(m2["loss"]) and run.prefetched is None and not run.engine.stale
+        m2 = driver.step(last=True)  # the last step: trains on the prefetched batch, pushes at once
+        assert math.isfinite(m2["loss"]) and driver.prefetched is None and not run.engine.stale
     finally:
         run.engine.close()

@@ -55,7 +55,7 @@ def distill_config(output_dir, teacher_dir, steps: int) -> dict:
         "algorithm": {"is_correction": {"eps_low": 0.999, "eps_high": 1.001}},
         "sampling": {"prompts_per_step": 8, "max_new_tokens": 8},
         "optim": {"steps": steps, "lr": 1e-2},
-        "rollout": {"engine": "vllm", **vllm_opts},
+        "rollout": {"engine": "vllm", "vllm": vllm_opts},
         "logging": {"progress": False},
     }
 

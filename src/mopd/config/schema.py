@@ -192,12 +192,15 @@ class TeacherPoolConfig(Strict):
 
 
 class RunConfig(Strict):
-    """A `mopd distill` run."""
+    """An on-policy run: `mopd distill`, and every RL stage of `mopd reproduce`."""
 
     output_dir: str = "runs/mopd"
     seed: int = 0
+    # mopd: each domain's teachers score every token (reverse KL). grpo: each domain's verifier
+    # rewards whole rollouts, group-normalised (the domain teachers and the RL baselines).
+    objective: Literal["mopd", "grpo"] = "mopd"
     student: ModelSpec
-    teachers: list[TeacherConfig]
+    teachers: list[TeacherConfig] = Field(default_factory=list)
     domains: list[DomainConfig] = Field(min_length=1)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -218,22 +221,7 @@ class RunConfig(Strict):
         dupes = {n for n in domain_names if domain_names.count(n) > 1}
         if dupes:
             raise ValueError(f"domain names must be unique, repeated: {sorted(dupes)}")
-        for d in self.domains:
-            if not d.teacher_names:
-                raise ValueError(
-                    f"domain {d.name!r} has no teacher: set domains[].teacher to one of {names}"
-                )
-            for t in d.teacher_names:
-                if t not in names:
-                    raise ValueError(
-                        f"domain {d.name!r} routes to unknown teacher {t!r}; teachers are {names} (domains[].teacher)"
-                    )
-            if len(set(d.teacher_names)) < len(d.teacher_names):
-                raise ValueError(f"domain {d.name!r} names a teacher twice in its mixture (domains[].teacher)")
-        used = {t for d in self.domains for t in d.teacher_names}
-        unused = [n for n in names if n not in used]
-        if unused:
-            raise ValueError(f"teachers {unused} are used by no domain: remove them or route a domain to them")
+        check_routes(self)
         if sum(d.weight for d in self.domains) <= 0:
             raise ValueError("domain mixture weights sum to zero: give at least one domain a weight > 0")
         if self.sampling.ahead and self.rollout.engine == "hf":
@@ -246,6 +234,28 @@ class RunConfig(Strict):
         check_outcome_term(self.algorithm, self.sampling.rollouts_per_prompt, "sampling.rollouts_per_prompt")
         check_self_teacher_on_lora(self)
         return self
+
+
+def check_routes(cfg: RunConfig) -> None:
+    """MOPD: every domain routes to known teachers, and every teacher serves a domain. GRPO: no teachers."""
+    names = [t.name for t in cfg.teachers]
+    if cfg.objective == "grpo":
+        if names:
+            raise ValueError(f"objective 'grpo' learns from the verifiers' rewards, not teachers: remove teachers {names}")
+        return
+    for d in cfg.domains:
+        if not d.teacher_names:
+            raise ValueError(f"domain {d.name!r} has no teacher: set domains[].teacher to one of {names}")
+        for t in d.teacher_names:
+            if t not in names:
+                raise ValueError(
+                    f"domain {d.name!r} routes to unknown teacher {t!r}; teachers are {names} (domains[].teacher)")
+        if len(set(d.teacher_names)) < len(d.teacher_names):
+            raise ValueError(f"domain {d.name!r} names a teacher twice in its mixture (domains[].teacher)")
+    used = {t for d in cfg.domains for t in d.teacher_names}
+    unused = [n for n in names if n not in used]
+    if unused:
+        raise ValueError(f"teachers {unused} are used by no domain: remove them or route a domain to them")
 
 
 def check_self_teacher_on_lora(cfg: RunConfig) -> None:

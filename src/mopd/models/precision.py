@@ -51,10 +51,11 @@ def bf16_settings(cfg) -> list[str]:
         keys.append("student.dtype")
     if cfg.distributed.mixed_precision == "bf16":
         keys.append("distributed.mixed_precision")
-    if cfg.rollout.engine == "vllm" and cfg.rollout.dtype == "bfloat16":
-        keys.append("rollout.dtype")
+    if cfg.rollout.engine == "vllm" and cfg.rollout.vllm.dtype == "bfloat16":
+        keys.append("rollout.vllm.dtype")
     for t in cfg.teachers:
-        if (t.model is not None and t.model.dtype == "bfloat16") or (t.vllm is not None and t.vllm.dtype == "bfloat16"):
+        vllm_dtype = t.vllm.dtype if t.kind == "vllm" and t.vllm is not None else None
+        if (t.kind in ("hf", "vllm") and t.model.dtype == "bfloat16") or vllm_dtype == "bfloat16":
             keys.append(f"teachers.{t.name}")
     return keys
 
@@ -66,6 +67,6 @@ def warn_if_bf16_emulated(cfg, device: torch.device, flags: set[str] | None = No
         return False
     log.warning("%s ask(s) for bfloat16, but this %s has no native bf16 (no %s in its CPU flags): bf16 "
                 "matmuls are emulated here, many times slower than float32. Use float32 on this machine "
-                "(student.dtype: float32, distributed.mixed_precision: no, rollout.dtype: float32).",
+                "(student.dtype: float32, distributed.mixed_precision: no, rollout.vllm.dtype: float32).",
                 ", ".join(keys), device.type.upper(), " / ".join(NATIVE_BF16_CPU_FLAGS))
     return True

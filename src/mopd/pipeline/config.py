@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from mopd.config.schema import AlgorithmConfig, MixtureConfig, ModelSpec, Strict, TinyModel, check_outcome_term
+from mopd.config.schema import (AlgorithmConfig, DistributedConfig, ModelSpec, OptimConfig, RolloutConfig, SamplingConfig,
+                                Strict, TeacherPoolConfig, TinyModel, check_outcome_term)
 
 
 class PipelineDomain(Strict):
@@ -25,18 +26,26 @@ class SFTStage(Strict):
 
 
 class RLStage(Strict):
-    steps: int = Field(100, gt=0)
-    lr: float = Field(3e-4, gt=0)
-    prompts_per_step: int = Field(32, gt=0)
-    rollouts_per_prompt: int = Field(1, gt=0)
-    max_new_tokens: int = Field(8, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    grad_accum_steps: int = Field(1, gt=0)  # micro-batches per update: same gradient, less memory
-    # Steps in a row with nothing to learn from (e.g. every GRPO group at reward 0) that stop the
-    # stage with an error naming the cause; None: go on regardless.
-    max_empty_in_a_row: int | None = Field(10, gt=0)
-    # How the domain mixture moves during the stage (sampling.mixture of a run: fixed, tokens, gap).
-    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+    """An on-policy stage (domain teachers, MOPD, Mix-RL, Cascade RL): the `sampling` and `optim`
+    sections of a `mopd distill` config. The stage is built as a run config from these, the
+    pipeline's shared sections (`rollout`, `algorithm`, `teacher_pool`, `distributed`) and its
+    objective, by the same builder as `mopd distill` (pipeline/stages.py: stage_run_config)."""
+
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(prompts_per_step=32, max_new_tokens=8))
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=3e-4, steps=100, warmup_steps=5))
+
+    @property
+    def sequences_per_step(self) -> int:
+        return self.sampling.prompts_per_step * self.sampling.rollouts_per_prompt
+
+
+def rl_stage(steps: int, lr: float = 3e-4, prompts_per_step: int = 32, rollouts_per_prompt: int = 1,
+             max_new_tokens: int = 8, **optim) -> RLStage:
+    """A stage from the few settings presets change; warm-up: 5 steps, or a tenth of a short stage."""
+    optim.setdefault("warmup_steps", min(5, steps // 10))
+    return RLStage(sampling=SamplingConfig(prompts_per_step=prompts_per_step, rollouts_per_prompt=rollouts_per_prompt,
+                                           max_new_tokens=max_new_tokens),
+                   optim=OptimConfig(lr=lr, steps=steps, **optim))
 
 
 class OffPolicyStage(Strict):
@@ -58,9 +67,14 @@ class PipelineConfig(Strict):
     base: ModelSpec = Field(default_factory=lambda: ModelSpec(tiny=TinyModel(seed=7)))
     domains: list[PipelineDomain] = Field(min_length=1)
     sft: SFTStage = Field(default_factory=SFTStage)
-    teacher: RLStage = Field(default_factory=lambda: RLStage(steps=300, prompts_per_step=16, rollouts_per_prompt=8))
-    mopd: RLStage = Field(default_factory=lambda: RLStage(steps=400))
+    teacher: RLStage = Field(default_factory=lambda: rl_stage(300, prompts_per_step=16, rollouts_per_prompt=8))
+    mopd: RLStage = Field(default_factory=lambda: rl_stage(400))
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    # Shared by every on-policy stage, as in a `mopd distill` config: the rollout engine (hf or
+    # vllm), how many local teachers stay loaded, the device and mixed precision.
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    teacher_pool: TeacherPoolConfig = Field(default_factory=TeacherPoolConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     baselines: list[str] = Field(default_factory=lambda: ["mix_rl", "cascade_rl", "offpolicy", "merge_avg",
                                                           "merge_task"])
     cascade_order: list[str] | None = None
@@ -76,7 +90,7 @@ class PipelineConfig(Strict):
         bad = [b for b in self.baselines if b not in known]
         if bad:
             raise ValueError(f"unknown baselines {bad}; choose from {sorted(known)}")
-        check_outcome_term(self.algorithm, self.mopd.rollouts_per_prompt, "mopd.rollouts_per_prompt")
+        check_outcome_term(self.algorithm, self.mopd.sampling.rollouts_per_prompt, "mopd.sampling.rollouts_per_prompt")
         if self.cascade_order is not None and sorted(self.cascade_order) != sorted(names):
             raise ValueError(f"cascade_order {self.cascade_order} must list each domain once: {names}")
         return self
@@ -95,13 +109,14 @@ PRESETS = {
     # The demo: two algorithmic toy domains, every stage and baseline, minutes on a laptop CPU.
     # MOPD gets 2400 steps of 32 prompts (76,800 sequences; every sampling baseline gets as
     # many): at 1200 steps it was still climbing (normalised mean 0.93; 0.995 at 2400).
-    "tiny": lambda: PipelineConfig(domains=[_toy("reversal"), _toy("sorting")], mopd=RLStage(steps=2400)),
+    "tiny": lambda: PipelineConfig(domains=[_toy("reversal"), _toy("sorting")], mopd=rl_stage(2400)),
     # A smoke test of the whole pipeline: tiny sizes, a few steps per stage.
     "micro": lambda: PipelineConfig(
+        base=ModelSpec(tiny=TinyModel(num_heads=2, seed=7)),  # head size 32: vLLM's CPU kernels take it
         domains=[_toy("reversal", 40, 10), _toy("sorting", 40, 10)],
         sft=SFTStage(steps=5, batch_size=16),
-        teacher=RLStage(steps=2, prompts_per_step=4, rollouts_per_prompt=4, max_new_tokens=6),
-        mopd=RLStage(steps=4, prompts_per_step=8, max_new_tokens=6),
+        teacher=rl_stage(2, prompts_per_step=4, rollouts_per_prompt=4, max_new_tokens=6),
+        mopd=rl_stage(4, prompts_per_step=8, max_new_tokens=6),
         offpolicy=OffPolicyStage(steps=3, batch_size=8),
         eval=EvalStage(samples=1, max_new_tokens=6, curve_points=2),
     ),
@@ -118,9 +133,9 @@ PRESETS = {
         domains=[_chat("arithmetic", 2000, 96, max_value=30, max_factor=10, ops="+-*"),
                  _chat("capitals", 2000, 96, min_words=2, max_words=3)],
         sft=SFTStage(steps=8, lr=2e-5, batch_size=16),
-        teacher=RLStage(steps=12, lr=2e-5, prompts_per_step=16, rollouts_per_prompt=4, max_new_tokens=14,
-                        grad_accum_steps=2),
-        mopd=RLStage(steps=64, lr=2e-5, prompts_per_step=16, max_new_tokens=14),
+        teacher=rl_stage(12, lr=2e-5, prompts_per_step=16, rollouts_per_prompt=4, max_new_tokens=14,
+                         grad_accum_steps=2),
+        mopd=rl_stage(64, lr=2e-5, prompts_per_step=16, max_new_tokens=14),
         baselines=["mix_rl", "merge_avg", "merge_task"],
         eval=EvalStage(samples=3, max_new_tokens=14, curve_points=2),
     ),

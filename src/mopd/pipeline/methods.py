@@ -12,17 +12,13 @@ from mopd.config.schema import LoggingConfig, OptimConfig
 from mopd.data.prompts import render_prompt
 from mopd.domains.base import Example
 from mopd.envs.base import episode_source
-from mopd.objectives.grpo import GRPOObjective
-from mopd.objectives.mopd import MOPDObjective
 from mopd.pipeline.config import PipelineConfig
-from mopd.pipeline.stages import Domains, StageResult, evaluate, finish, load, onpolicy, train_with_curve
+from mopd.pipeline.stages import (Domains, StageResult, close_engine, evaluate, finish, load, onpolicy, release,
+                                  sampling_engine, stage_run_config, train_with_curve)
+from mopd.models.loading import save_pretrained
 from mopd.rollout.episodes import run_episodes
-from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.rollout.types import Rollout
-from mopd.teachers.hf_teacher import HFTeacher
-from mopd.teachers.router import TeacherRouter
 from mopd.training.loop import run_onpolicy
-from mopd.rollout.sample import eos_ids
 from mopd.training.sft import SFTSettings, run_sft
 
 
@@ -42,60 +38,62 @@ def sft_init(cfg: PipelineConfig, doms: Domains, out: Path) -> StageResult:
 def domain_teacher(cfg: PipelineConfig, doms: Domains, domain: str, init_dir: str, out: Path) -> StageResult:
     """Stage 2: GRPO on one domain from the init, with its own verifier."""
     t0 = time.perf_counter()
-    model, tok = load(init_dir)
-    s = cfg.teacher
-    run = onpolicy(model, tok, doms, {domain: 1.0}, GRPOObjective(), s, out, cfg.seed, f"teacher {domain}")
+    run = onpolicy(stage_run_config(cfg, cfg.teacher, init_dir, {domain: 1.0}, out), f"teacher {domain}")
     run_onpolicy(run)
-    seqs = s.steps * s.prompts_per_step * s.rollouts_per_prompt
-    return finish(f"teacher {domain}", model, tok, out, seqs, t0, evaluate(model, tok, cfg, doms))
+    model = release(run)
+    seqs = cfg.teacher.optim.steps * cfg.teacher.sequences_per_step
+    return finish(f"teacher {domain}", model, run.tokenizer, out, seqs, t0, evaluate(model, run.tokenizer, cfg, doms))
 
 
 def mopd_budget(cfg: PipelineConfig) -> int:
-    return cfg.mopd.steps * cfg.mopd.prompts_per_step * cfg.mopd.rollouts_per_prompt
+    return cfg.mopd.optim.steps * cfg.mopd.sequences_per_step
 
 
 def mopd(cfg: PipelineConfig, doms: Domains, init_dir: str, teacher_dirs: dict[str, str], out: Path) -> StageResult:
     """Stage 3: the student samples, each domain's teacher scores, reverse KL per token."""
     t0 = time.perf_counter()
-    model, tok = load(init_dir)
-    teachers = {d: HFTeacher(f"teacher {d}", load(p)[0], temperature=cfg.mopd.temperature)
-                for d, p in teacher_dirs.items()}
-    router = TeacherRouter({t.name: t for t in teachers.values()}, {d: t.name for d, t in teachers.items()})
-    run = onpolicy(model, tok, doms, doms.weights, MOPDObjective(router, cfg.algorithm), cfg.mopd, out,
-                   cfg.seed, "MOPD")
-    per_step = cfg.mopd.prompts_per_step * cfg.mopd.rollouts_per_prompt
-    curve = train_with_curve(run, cfg.eval.curve_points, lambda: evaluate(model, tok, cfg, doms), per_step)
-    return finish("MOPD", model, tok, out, mopd_budget(cfg), t0, curve[-1][1], curve)
+    run = onpolicy(stage_run_config(cfg, cfg.mopd, init_dir, doms.weights, out, teacher_dirs), "MOPD")
+    return _train_and_score("MOPD", run, cfg, doms, out, t0)
+
+
+def _train_and_score(name: str, run, cfg: PipelineConfig, doms: Domains, out: Path, t0: float,
+                     offset: int = 0) -> StageResult:
+    """Train `run` to its end with a learning curve, release its engine and teachers, save the model."""
+    model = run.dist.unwrap(run.model)
+    per_step = run.sampling.prompts_per_step * run.sampling.rollouts_per_prompt
+    curve = train_with_curve(run, cfg.eval.curve_points, lambda: evaluate(model, run.tokenizer, cfg, doms),
+                             per_step, offset)
+    release(run)
+    return finish(name, model, run.tokenizer, out, run.optim.steps * per_step, t0, curve[-1][1], curve)
 
 
 def _grpo_steps(cfg: PipelineConfig, budget: int) -> int:
-    s = cfg.teacher
-    return max(1, budget // (s.prompts_per_step * s.rollouts_per_prompt))
+    return max(1, budget // cfg.teacher.sequences_per_step)
 
 
 def mix_rl(cfg: PipelineConfig, doms: Domains, init_dir: str, out: Path) -> StageResult:
     """Baseline: GRPO on the pooled prompts, each rewarded by its own domain's verifier."""
     t0 = time.perf_counter()
-    model, tok = load(init_dir)
     steps = _grpo_steps(cfg, mopd_budget(cfg))
-    run = onpolicy(model, tok, doms, doms.weights, GRPOObjective(), cfg.teacher, out, cfg.seed, "Mix-RL", steps)
-    per_step = cfg.teacher.prompts_per_step * cfg.teacher.rollouts_per_prompt
-    curve = train_with_curve(run, cfg.eval.curve_points, lambda: evaluate(model, tok, cfg, doms), per_step)
-    return finish("Mix-RL", model, tok, out, steps * per_step, t0, curve[-1][1], curve)
+    run = onpolicy(stage_run_config(cfg, cfg.teacher, init_dir, doms.weights, out, steps=steps), "Mix-RL")
+    return _train_and_score("Mix-RL", run, cfg, doms, out, t0)
 
 
 def cascade_rl(cfg: PipelineConfig, doms: Domains, init_dir: str, out: Path) -> StageResult:
     """Baseline: GRPO on one domain after another, the budget split evenly."""
     t0 = time.perf_counter()
-    model, tok = load(init_dir)
     order = cfg.cascade_order or list(doms.train)
     steps = max(1, _grpo_steps(cfg, mopd_budget(cfg)) // len(order))
-    per_step = cfg.teacher.prompts_per_step * cfg.teacher.rollouts_per_prompt
-    curve = []
+    per_step = cfg.teacher.sequences_per_step
+    curve, start, model, tok = [], init_dir, None, None
     for i, d in enumerate(order):
-        run = onpolicy(model, tok, doms, {d: 1.0}, GRPOObjective(), cfg.teacher, out / d, cfg.seed,
-                       f"Cascade RL ({d})", steps)
+        run = onpolicy(stage_run_config(cfg, cfg.teacher, start, {d: 1.0}, out / d, steps=steps), f"Cascade RL ({d})")
+        model, tok = run.dist.unwrap(run.model), run.tokenizer
         curve += train_with_curve(run, 1, lambda: evaluate(model, tok, cfg, doms), per_step, i * steps * per_step)
+        release(run)
+        if i + 1 < len(order):  # the next domain's run starts from this one's weights
+            start = str(out / d / "model")
+            save_pretrained(model, tok, start)
     return finish("Cascade RL", model, tok, out, len(order) * steps * per_step, t0, curve[-1][1], curve)
 
 
@@ -109,12 +107,13 @@ def offpolicy(cfg: PipelineConfig, doms: Domains, init_dir: str, teacher_dirs: d
     gen = torch.Generator().manual_seed(cfg.seed)
     for d, path in teacher_dirs.items():
         teacher, tok = load(path)
-        engine = HFRolloutEngine(teacher, tok.pad_token_id, eos_ids(tok, teacher))
+        engine = sampling_engine(cfg, teacher, tok)
         n = round(budget * doms.weights[d] / total_w)
         pool = doms.train[d]
         prompts = [pool[i % len(pool)] for i in range(n)]
         for s in range(0, n, 128):
             kept += _verified_samples(engine, tok, prompts[s:s + 128], cfg, gen, doms.verifiers[d])
+        close_engine(engine)
     model, tok = load(init_dir)
     o = cfg.offpolicy
     if kept:
@@ -129,10 +128,10 @@ def _verified_samples(engine, tok, chunk: list[Example], cfg: PipelineConfig, ge
     domain, whole episodes played through the episode driver that earn reward 1. An episode is
     kept as the rollout itself, so SFT trains on the teacher's turns only (its gen_mask)."""
     if chunk and episode_source(chunk[0]) is not None:
-        rollouts = run_episodes(engine, tok, list(enumerate(chunk)), cfg.mopd.max_new_tokens, 1.0, gen)
+        rollouts = run_episodes(engine, tok, list(enumerate(chunk)), cfg.mopd.sampling.max_new_tokens, 1.0, gen)
         return [r for r in rollouts if r.finished and r.reward >= 1.0]
     kept: list[Example | Rollout] = []
-    outs = engine.generate([render_prompt(e, tok) for e in chunk], cfg.mopd.max_new_tokens, 1.0, gen)
+    outs = engine.generate([render_prompt(e, tok) for e in chunk], cfg.mopd.sampling.max_new_tokens, 1.0, gen)
     for e, c in zip(chunk, outs):
         text = tok.decode(c.token_ids, skip_special_tokens=True)
         if c.finished and verifier(text, e) > 0:

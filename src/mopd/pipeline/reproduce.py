@@ -71,5 +71,5 @@ def warn_if_unsolved(who: str, result: StageResult, domains) -> None:
         if s is not None and s["greedy"] == 0 and s["pass_at_1"] == 0:
             log.warning("%s solves none of domain %r's held-out prompts (greedy 0, pass@1 0): GRPO on it "
                         "sees reward 0 in every group and learns nothing. Train the init longer (sft.steps), "
-                        "make the domain easier, or sample more per prompt (teacher.rollouts_per_prompt); "
-                        "a stage stops after teacher.max_empty_in_a_row steps without signal.", who, d)
+                        "make the domain easier, or sample more per prompt (teacher.sampling.rollouts_per_prompt); "
+                        "a stage stops after teacher.optim.max_empty_in_a_row steps without signal.", who, d)

@@ -13,19 +13,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mopd.config.schema import (CheckpointConfig, LoggingConfig, ModelSpec, OptimConfig, SamplingConfig)
-from mopd.data.adaptive import mixture_adapter
-from mopd.data.mixture import MixtureSampler
+from mopd.build import build_engine, build_run, domain_data
+from mopd.config.schema import (AlgorithmConfig, CheckpointConfig, DomainConfig, LoggingConfig, ModelSpec,
+                                PromptSource, RunConfig, TeacherConfig)
 from mopd.domains.base import Example
 from mopd.domains.registry import build_domain
 from mopd.eval.evaluate import evaluate_domain
 from mopd.models.loading import load_model, load_tokenizer, save_pretrained
-from mopd.objectives.base import Objective
 from mopd.pipeline.config import PipelineConfig, RLStage
-from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.training.loop import OnPolicyRun, run_onpolicy
-from mopd.training.optim import build_optimizer
-from mopd.rollout.sample import eos_ids
 
 Scores = dict[str, dict[str, float]]  # domain -> {"greedy", "pass_at_1"}
 
@@ -53,13 +49,10 @@ class Domains:
         return cls({n: d.train_examples() for n, d in doms.items()}, {n: d.eval_examples() for n, d in doms.items()},
                    {n: d.reward for n, d in doms.items()}, {d.name: d.weight for d in cfg.domains})
 
-
     @classmethod
     def from_run_config(cls, cfg) -> tuple["Domains", list[str]]:
         """The held-out splits of a `mopd distill` config's domains, and the names of those that
         have no verifier (nothing to score them with)."""
-        from mopd.build import domain_data
-
         evals, verifiers, unscored = {}, {}, []
         for d in cfg.domains:
             examples, verifier = domain_data(d, "eval")
@@ -83,7 +76,8 @@ def cached(out: Path, fn: Callable[[], StageResult]) -> StageResult:
 
 
 def load(path: str | Path):
-    from mopd.models.lora import is_adapter_dir, load_merged
+    from mopd.models.loading import load_merged
+    from mopd.models.lora import is_adapter_dir
 
     if is_adapter_dir(path):  # a LoRA student's final/: its base with the adapter merged in
         return load_merged(path)
@@ -101,20 +95,57 @@ def evaluate(model, tok, cfg: PipelineConfig, doms: Domains) -> Scores:
     return out
 
 
-def onpolicy(model, tok, doms: Domains, weights: dict[str, float], objective: Objective, stage: RLStage,
-             out: Path, seed: int, name: str, steps: int | None = None) -> OnPolicyRun:
-    optim = OptimConfig(lr=stage.lr, steps=steps or stage.steps, warmup_steps=min(5, stage.steps // 10),
-                        grad_accum_steps=stage.grad_accum_steps, max_empty_in_a_row=stage.max_empty_in_a_row)
-    optimizer, scheduler = build_optimizer(model, optim)
-    sampling = SamplingConfig(prompts_per_step=stage.prompts_per_step, rollouts_per_prompt=stage.rollouts_per_prompt,
-                              temperature=stage.temperature, max_new_tokens=stage.max_new_tokens,
-                              mixture=stage.mixture)
-    return OnPolicyRun(
-        model=model, tokenizer=tok, engine=HFRolloutEngine(model, tok.pad_token_id, eos_ids(tok, model)),
-        sampler=MixtureSampler({d: doms.train[d] for d in weights}, weights, seed=seed), objective=objective,
-        optimizer=optimizer, scheduler=scheduler, sampling=sampling, optim=optim, output_dir=out,
-        checkpoint=CheckpointConfig(every=0, keep=1), logging=LoggingConfig(progress=True),
-        verifiers=doms.verifiers, seed=seed, name=name, mixture=mixture_adapter(stage.mixture, weights))
+def stage_run_config(cfg: PipelineConfig, stage: RLStage, student_dir: str, weights: dict[str, float],
+                     out: Path, teacher_dirs: dict[str, str] | None = None, steps: int | None = None) -> RunConfig:
+    """One on-policy stage as a `mopd distill` config: the student starts from `student_dir` and
+    trains on the domains of `weights`; with `teacher_dirs` (domain -> model dir) it distills
+    them (MOPD), without them it runs GRPO on the domains' verifiers."""
+    by_name = {d.name: d for d in cfg.domains}
+    teachers = [TeacherConfig(name=f"teacher_{d}", model=ModelSpec(path=p)) for d, p in (teacher_dirs or {}).items()]
+    domains = [DomainConfig(name=d, weight=w, teacher=f"teacher_{d}" if teacher_dirs else None,
+                            prompts=PromptSource(builtin=by_name[d].builtin, params=by_name[d].params))
+               for d, w in weights.items()]
+    algorithm = cfg.algorithm
+    if not teacher_dirs and cfg.rollout.engine == "hf" and not stage.sampling.ahead:
+        # GRPO sampling from the very weights it trains: the sampler is the policy, the IS ratio 1.
+        algorithm = AlgorithmConfig(is_correction=None)
+    optim = stage.optim if steps is None else stage.optim.model_copy(update={"steps": steps})
+    return RunConfig(output_dir=str(out), seed=cfg.seed, objective="mopd" if teacher_dirs else "grpo",
+                     student=ModelSpec(path=student_dir), teachers=teachers, domains=domains, algorithm=algorithm,
+                     sampling=stage.sampling, optim=optim, checkpoint=CheckpointConfig(every=0, keep=1),
+                     logging=LoggingConfig(progress=True), rollout=cfg.rollout, teacher_pool=cfg.teacher_pool,
+                     distributed=cfg.distributed)
+
+
+def onpolicy(run_cfg: RunConfig, name: str) -> OnPolicyRun:
+    """The stage's run, built by the builder of `mopd distill` (engine, teachers, sampler, optimiser).
+    Its config is written beside its results: `mopd distill` on that file reruns the stage."""
+    out = Path(run_cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.json").write_text(run_cfg.model_dump_json(indent=1, exclude_defaults=True))
+    return build_run(run_cfg, name=name)
+
+
+def release(run: OnPolicyRun):
+    """Stop the stage's rollout engine and teachers now (an in-process vLLM engine holds memory and
+    must be gone before the next stage starts its own); returns the trained model."""
+    close_engine(run.engine)  # the stage's teachers are transformers models: nothing to stop
+    return run.dist.unwrap(run.model)
+
+
+def sampling_engine(cfg: PipelineConfig, model, tok):
+    """The pipeline's rollout engine (`rollout.engine`) sampling from `model` (off-policy data)."""
+    run_cfg = RunConfig(student=ModelSpec(path="unused"), objective="grpo", rollout=cfg.rollout,
+                        domains=[DomainConfig(name=d.name, prompts=PromptSource(builtin=d.builtin)) for d in cfg.domains])
+    engine = build_engine(run_cfg, model, tok)
+    engine.sync_weights(model)
+    return engine
+
+
+def close_engine(engine) -> None:
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()
 
 
 def train_with_curve(run: OnPolicyRun, points: int, on_point: Callable[[], Scores] | None,
