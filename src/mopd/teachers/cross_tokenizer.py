@@ -46,9 +46,11 @@ def decoded_ends(tokenizer, ids: list[int], text: str) -> list[int | None]:
 
 
 def teacher_tokens(tokenizer, text: str) -> tuple[list[int], list[int | None]]:
-    """The teacher's tokens of `text` and where each ends. Special-token strings in the text are
-    text the student wrote, not control tokens, so they are split like any other text."""
-    kw = dict(add_special_tokens=False, split_special_tokens=True)
+    """The teacher's tokens of `text` and where each ends. A special token the student emitted is
+    in the text as its string (`<|end|>`): a teacher with a special token of that name reads it
+    as that token (so a teacher with the student's tokenizer sees the student's ids exactly),
+    any other teacher as plain text."""
+    kw = dict(add_special_tokens=False)
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(text, return_offsets_mapping=True, **kw)
         return list(enc["input_ids"]), ends_from_offsets(enc["offset_mapping"])
