@@ -154,12 +154,17 @@ def machine() -> dict:
             "load_average": os.getloadavg(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def mopd_step(run) -> dict:
-    """One mopd training step through the public loop (`train_one_step`), and its timings.
-    With `sampling.ahead` each step also samples the next one's batch, as in a run."""
-    from mopd.training.loop import train_one_step
+_DRIVERS: dict[int, object] = {}  # id(run) -> its step driver, which may hold the next batch
 
-    m = train_one_step(run, prefetch_next=True)
+
+def mopd_step(run) -> dict:
+    """One mopd training step through the loop's own driver, and its timings. With
+    `sampling.ahead` each step also samples the next one's batch, as in a run."""
+    from mopd.training.loop import pick_driver
+
+    if id(run) not in _DRIVERS:
+        _DRIVERS[id(run)] = pick_driver(run)
+    m = _DRIVERS[id(run)].step(last=False)
     run.step += 1
     keys = {"generation_s": "time/rollout", "teacher_s": "time/teacher", "teacher_hidden_s": "time/teacher_hidden",
             "teacher_exposed_s": "time/teacher_exposed", "update_s": "time/update", "update_exposed_s": "time/update_exposed",

@@ -42,8 +42,8 @@ def instrument(run, times: dict) -> None:
     run.dist.clip_grad_norm = timed(times, "gradient clipping", run.dist.clip_grad_norm)
     run.optimizer.step = timed(times, "optimiser step", run.optimizer.step)
     run.engine.sync_weights = timed(times, "weight push to the engine", run.engine.sync_weights)
-    if hasattr(run.engine, "ready"):  # sampling.ahead: the push happens here, during the next update
-        run.engine.ready = timed(times, "weight push to the engine", run.engine.ready)
+    # sampling.ahead: the push happens in ready(), during the next update
+    run.engine.ready = timed(times, "weight push to the engine", run.engine.ready)
 
 
 def main(argv=None) -> None:
@@ -59,18 +59,19 @@ def main(argv=None) -> None:
                                     + (["--attn", args.attn] if args.attn else [])
                                     + (["--vllm-compile"] if args.vllm_compile else []))
     bench_vs_trl.worker_env(bargs, args.setup)
-    from mopd.build import build_mopd_run
-    from mopd.training.loop import train_one_step
+    from mopd.build import build_run
+    from mopd.training.loop import pick_driver
 
     prompts = str(write_prompts(args.work_dir / "prompts.jsonl"))
-    run = build_mopd_run(bench_vs_trl.mopd_config(bargs, args.setup, str(student_dir(args.work_dir)),
+    run = build_run(bench_vs_trl.mopd_config(bargs, args.setup, str(student_dir(args.work_dir)),
                                                   str(teacher_dir(args.work_dir)), prompts))
     times: dict = {}
     instrument(run, times)
+    driver = pick_driver(run)
     for i in range(args.steps):
         times.clear()
         wall, cpu = time.perf_counter(), time.process_time()
-        m = train_one_step(run, prefetch_next=True)  # with sampling.ahead: the pieces overlap
+        m = driver.step(last=False)  # with sampling.ahead: the pieces overlap
         run.step += 1
         rows = [[k, w, c] for k, (w, c) in times.items()]
         rows.append(["whole step", time.perf_counter() - wall, time.process_time() - cpu])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -28,13 +29,17 @@ def launch_two_cpu_processes(args: list[str], timeout: float) -> subprocess.Comp
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def distill_cli(tmp_path: Path, cfg: dict) -> list[dict]:
     """Run `mopd distill` on `cfg` (written as YAML under tmp_path); returns its metrics rows."""
     import yaml
     from typer.testing import CliRunner
 
     from mopd.cli import app
-    from mopd.training.metrics import read_metrics
 
     path = tmp_path / "mopd.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import load_config
 from mopd.config.schema import LoggingConfig, OptimConfig, RunConfig
 from mopd.domains.registry import build_domain
 from mopd.models.tiny import char_tokenizer, tiny_model
-from mopd.distributed.runtime import Accelerated, inner_optimizer
+from mopd.distributed.rank_views import inner_optimizer
+from mopd.distributed.runtime import Accelerated
 from mopd.training.loop import run_onpolicy
 from mopd.training.sft import SFTSettings, run_sft
 
@@ -39,7 +40,7 @@ def main(config: str, out: str) -> None:
     cfg = load_config(Path(config), RunConfig)
     out_dir = Path(out)
 
-    straight = build_mopd_run(cfg, str(out_dir / "straight"))
+    straight = build_run(cfg, str(out_dir / "straight"))
     initial = digest(straight.dist.unwrap(straight.model))
     prompts: list[list[str]] = []
     draw = straight.sampler.next_batch
@@ -52,9 +53,9 @@ def main(config: str, out: str) -> None:
     straight.sampler.next_batch = recorded
     run_onpolicy(straight)
 
-    first = build_mopd_run(cfg, str(out_dir / "split"))
+    first = build_run(cfg, str(out_dir / "split"))
     run_onpolicy(first, stop_at=1)
-    second = build_mopd_run(cfg, str(out_dir / "split"))
+    second = build_run(cfg, str(out_dir / "split"))
     run_onpolicy(second, resume=True)
 
     d = straight.dist

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from cli_runs import launch_two_cpu_processes
+from cli_runs import launch_two_cpu_processes, read_metrics
 from mopd.models.loading import save_pretrained
 from mopd.models.tiny import char_tokenizer, tiny_model
-from mopd.training.metrics import read_metrics
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 STEPS = 3

@@ -22,7 +22,8 @@ from mopd.rollout.episodes import run_episodes
 from mopd.rollout.scripted import ScriptedEngine
 from mopd.teachers.hf_teacher import HFTeacher
 from mopd.teachers.router import TeacherRouter
-from mopd.training.loop import OnPolicyRun, train_one_step
+from mopd.training.run import OnPolicyRun
+from mopd.training.step import train_one_step
 from mopd.training.optim import build_optimizer
 
 ENV_FILE = textwrap.dedent('''
@@ -117,7 +118,7 @@ def test_each_fault_costs_a_turn_or_an_episode_and_is_counted(domain):
     for case in ("crash", "step_hangs", "reset_crash", "reward_crash"):
         r = by_case[case]
         assert r.episode.env_errors == 1 and r.reward == 0.0, (case, r.episode)
-    assert by_case["reset_crash"].num_generated == 0 and by_case["crash"].episode.turns == 1
+    assert sum(by_case["reset_crash"].gen_mask) == 0 and by_case["crash"].episode.turns == 1
 
 
 def test_faults_through_a_training_step_lose_nothing(domain):

@@ -15,7 +15,7 @@ from faultkit import run_data, teacher_dir
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.cli import app
 from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
@@ -28,8 +28,8 @@ STEPS = 8
 # MOPD_SLOW_SAVE names a checkpoint, that checkpoint's write stalled after the model files.
 SLOW_CLI = """
 import os, pathlib, sys, time
-import mopd.training.checkpoint as ckpt, mopd.training.loop as loop
-step, save = loop.train_one_step, ckpt.save_pretrained
+import mopd.training.checkpoint as ckpt, mopd.training.step as step_mod
+step, save = step_mod.train_one_step, ckpt.save_pretrained
 def slow_step(run, **kw):
     out = step(run, **kw)
     time.sleep(0.4)
@@ -39,7 +39,7 @@ def stalled_save(model, tok, directory):
     if pathlib.Path(directory).name == os.environ.get("MOPD_SLOW_SAVE"):
         pathlib.Path(directory).parent.joinpath("writing").touch()
         time.sleep(60)
-loop.train_one_step, ckpt.save_pretrained = slow_step, stalled_save
+step_mod.train_one_step, ckpt.save_pretrained = slow_step, stalled_save
 from mopd.cli import app
 sys.argv[0] = "mopd"
 app()
@@ -57,7 +57,7 @@ def write_config(tmp_path: Path, name: str) -> Path:
 def straight(tmp_path_factory):
     """Final weights of the uninterrupted run."""
     tmp = tmp_path_factory.mktemp("straight")
-    run = build_mopd_run(load_config(write_config(tmp, "run"), RunConfig))
+    run = build_run(load_config(write_config(tmp, "run"), RunConfig))
     run_onpolicy(run)
     return {k: v.clone() for k, v in run.model.state_dict().items()}
 
@@ -116,7 +116,7 @@ def test_sigkill_mid_checkpoint_leaves_the_last_good_one(tmp_path, straight):
     AutoModelForCausalLM.from_pretrained(good)  # loadable as it is
     assert load_trainer_state(good)["step"] == 2
 
-    run = build_mopd_run(load_config(config, RunConfig))
+    run = build_run(load_config(config, RunConfig))
     run_onpolicy(run, resume=True)
     assert run.step == STEPS and not half.exists()
     assert all(torch.equal(straight[k], v) for k, v in run.model.state_dict().items())

@@ -5,15 +5,15 @@ import logging
 
 import pytest
 import torch
+from cli_runs import read_metrics
 from faultkit import run_data, teacher_dir
 
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
 from mopd.objectives.base import LossOutput
 from mopd.training.checkpoint import latest_checkpoint, load_trainer_state
 from mopd.training.loop import NonFiniteRun, run_onpolicy
-from mopd.training.metrics import read_metrics
 
 
 class NaNLossOn:
@@ -34,7 +34,7 @@ def build(tmp_path, **optim):
     # An outside teacher: a 'self' teacher equals the student at first, so nothing would move.
     data = run_data(tmp_path / "run", {"model": {"path": str(teacher_dir(tmp_path))}}, steps=5)
     data["optim"].update(optim)
-    return build_mopd_run(load_config(None, RunConfig, data=data))
+    return build_run(load_config(None, RunConfig, data=data))
 
 
 def weights(run):

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from faultkit import run_data
 
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
 from mopd.domains.base import Example
 from mopd.domains.registry import build_domain
 from mopd.verifiers.sandbox import run_python
-from mopd.training.loop import run_onpolicy, step_generator
+from mopd.training.loop import run_onpolicy
+from mopd.training.overlap import step_generator
 from mopd.rollout.sample import collect_rollouts, safe_reward
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -37,7 +38,7 @@ def test_flaky_verifier_gives_reward_0_and_the_run_goes_on(tmp_path, caplog):
     data = run_data(tmp_path / "run", {"kind": "self"}, steps=2)
     data["domains"] = [{"name": "flaky", "teacher": "t", "prompts": {"builtin": f"python:{tmp_path / 'flaky.py'}"}}]
     data["sampling"].update(verifier_timeout_s=0.3)
-    run = build_mopd_run(load_config(None, RunConfig, data=data))
+    run = build_run(load_config(None, RunConfig, data=data))
     examples = run.sampler.next_batch(4)
     t0 = time.perf_counter()
     with caplog.at_level(logging.WARNING, "mopd.training"):

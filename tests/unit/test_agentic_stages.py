@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import load_config
 from mopd.config.schema import OptimConfig, RunConfig, SamplingConfig
 from mopd.data.mixture import MixtureSampler
@@ -23,7 +23,9 @@ from mopd.rollout.episodes import run_episodes
 from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.rollout.scripted import ScriptedEngine, demonstration_rollout
 from mopd.sanity import self_distillation_check
-from mopd.training.loop import OnPolicyRun, train_one_step
+from mopd.training.ahead import RunAhead
+from mopd.training.run import OnPolicyRun
+from mopd.training.step import train_one_step
 from mopd.training.optim import build_optimizer
 
 LOOKUP = {"n_train": 40, "n_eval": 8}
@@ -163,15 +165,16 @@ def test_sampling_ahead_plays_the_next_steps_episodes_with_the_weights_before_th
     cfg = agentic_config(tmp_path)
     cfg.domains[0].prompts.builtin = f"python:{tmp_path / 'echo_env.py'}"
     cfg.domains[0].prompts.params = {}
-    run = build_mopd_run(cfg)
+    run = build_run(cfg)
     tok = run.tokenizer
     stops = [tok.eos_token_id] + tok.convert_tokens_to_ids(list("0123456789aeiou"))
     run.engine = OwnWeightsEngine(copy.deepcopy(run.model), tok.pad_token_id, stops)
     run.sampling = run.sampling.model_copy(update={"ahead": 1})
     before = copy.deepcopy(run.model)
-    train_one_step(run, prefetch_next=True)
-    b = run.prefetched.sampled.batch
-    assert any(r.episode is not None and r.episode.turns > 1 for r in run.prefetched.sampled.rollouts)
+    driver = RunAhead(run)
+    driver.step(last=False)
+    b = driver.prefetched.sampled.batch
+    assert any(r.episode is not None and r.episode.turns > 1 for r in driver.prefetched.sampled.rollouts)
     from mopd.models.logprobs import token_logprobs
     with torch.no_grad():
         old = token_logprobs(before, b.input_ids, b.attention_mask, b.gen_mask).logprobs

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from mopd.models.logprobs import token_logprobs
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
 from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.teachers.base import TeacherError
-import mopd.training.ahead as ahead_mod
 from mopd.training import loop
-from mopd.training.ahead import check_can_run_ahead
-from mopd.training.loop import run_onpolicy, train_one_step
+from mopd.training import step as step_mod
+from mopd.training.ahead import RunAhead, check_can_run_ahead
+from mopd.training.loop import run_onpolicy
 from mopd.training.update import NonFiniteUpdate
 
 PARAMS = {"min_len": 3, "max_len": 5, "n_train": 40, "n_eval": 5}
@@ -60,7 +60,7 @@ class CopyingEngine(HFRolloutEngine):
 
 def build(tmp_path, name="run", ahead=1, **kw):
     # Built as an on-policy hf run (the config allows no ahead with 'hf'), then switched.
-    run = build_mopd_run(config(tmp_path, name, ahead=0, **kw))
+    run = build_run(config(tmp_path, name, ahead=0, **kw))
     run.engine = CopyingEngine(run.engine, run.model)
     run.sampling = run.sampling.model_copy(update={"ahead": ahead})
     return run
@@ -74,17 +74,18 @@ def test_next_batch_is_sampled_during_the_update_from_the_weights_before_it(tmp_
     run = build(tmp_path)
     before = copy.deepcopy(run.model)
     trained_in = []
-    real_update = loop.update_step
+    real_update = step_mod.update_step
 
     def update(*a, **kw):
         trained_in.append(threading.current_thread().name)
         return real_update(*a, **kw)
 
-    monkeypatch.setattr(loop, "update_step", update)
-    m0 = train_one_step(run, prefetch_next=True)
+    monkeypatch.setattr(step_mod, "update_step", update)
+    driver = RunAhead(run)
+    m0 = driver.step(last=False)
     assert trained_in and trained_in[0].startswith("mopd-update")
     assert run.engine.threads == ["MainThread", "MainThread"]  # this step's batch, then the next one
-    pre = run.prefetched
+    pre = driver.prefetched
     assert pre is not None and pre.step == 1 and "time/update_exposed" in m0
     assert run.engine.pushes == 1
     # The prefetched rollouts' sampling log-probs are those of the weights before the update.
@@ -96,41 +97,40 @@ def test_next_batch_is_sampled_during_the_update_from_the_weights_before_it(tmp_
     assert (new - old)[b.gen_mask].abs().max() > 1e-3  # the update did move the student
 
     run.step += 1
-    m1 = train_one_step(run, prefetch_next=False)  # trains on the prefetched batch, samples nothing
-    assert run.prefetched is None and len(run.engine.threads) == 2 and "time/update_exposed" not in m1
+    m1 = driver.step(last=True)  # trains on the prefetched batch, samples nothing
+    assert driver.prefetched is None and len(run.engine.threads) == 2 and "time/update_exposed" not in m1
 
 
 def test_same_prompts_and_first_batch_as_the_on_policy_run(tmp_path, monkeypatch):
     ahead, onpolicy = build(tmp_path, "a"), build(tmp_path, "b", ahead=0)
     seen = {id(ahead): [], id(onpolicy): []}
-    real = loop.sample_and_score
+    real = step_mod.sample_and_score
 
     def spy(run, examples, **kw):
         out = real(run, examples, **kw)
         seen[id(run)].append(out)
         return out
 
-    monkeypatch.setattr(loop, "sample_and_score", spy)
-    monkeypatch.setattr(ahead_mod, "sample_and_score", spy)
+    monkeypatch.setattr(step_mod, "sample_and_score", spy)  # both drivers sample through the step's pieces
     for run in (ahead, onpolicy):
         run_onpolicy(run)
     a, b = seen[id(ahead)], seen[id(onpolicy)]
     assert len(a) == len(b) == 3
     assert [prompts(x) for x in a] == [prompts(x) for x in b]
     assert [r.token_ids for r in a[0].rollouts] == [r.token_ids for r in b[0].rollouts]  # same weights at step 0
-    assert ahead.step == 3 and ahead.prefetched is None  # nothing sampled past the last step
+    assert ahead.step == 3 and len(a) == 3  # nothing sampled past the last step
 
 
 def test_checkpoint_keeps_the_prefetched_prompts_for_a_resumed_run(tmp_path):
     full = build(tmp_path, "full", steps=4)
     run_onpolicy(full, stop_at=4)
     part = build(tmp_path, "part", steps=4, checkpoint={"every": 2})
-    run = part
+    run, driver = part, RunAhead(part)
     while run.step < 2:
-        train_one_step(run, prefetch_next=True)
+        driver.step(last=False)
         run.step += 1
-    assert run.prefetched is not None and run.prefetched.step == 2
-    path = loop.save(run)
+    assert driver.prefetched is not None and driver.prefetched.step == 2
+    path = loop.save(run, driver.sampler_state())
     resumed = build(tmp_path, "part", steps=4)
     loop.resume_from(resumed, path)
     assert resumed.step == 2
@@ -155,8 +155,9 @@ def test_a_teacher_failing_on_the_next_batch_puts_its_prompts_back(tmp_path):
     reference = build(tmp_path, "ref")
     reference.sampler.next_batch(6)
     expected = [e.prompt for e in reference.sampler.next_batch(6)]
-    train_one_step(run, prefetch_next=True)  # the step itself succeeds
-    assert run.prefetched is None
+    driver = RunAhead(run)
+    driver.step(last=False)  # the step itself succeeds
+    assert driver.prefetched is None
     assert [e.prompt for e in run.sampler.next_batch(6)] == expected  # drawn again next step
 
 
@@ -166,16 +167,17 @@ def test_a_skipped_update_keeps_the_prefetched_batch(tmp_path, monkeypatch):
     def bad(*a, **kw):
         raise NonFiniteUpdate("loss nan")
 
-    monkeypatch.setattr(loop, "update_step", bad)
+    monkeypatch.setattr(step_mod, "update_step", bad)
+    driver = RunAhead(run)
     with pytest.raises(NonFiniteUpdate):
-        train_one_step(run, prefetch_next=True)
-    assert run.prefetched is not None and run.prefetched.step == 1
+        driver.step(last=False)
+    assert driver.prefetched is not None and driver.prefetched.step == 1
 
 
 def test_ahead_needs_an_engine_with_its_own_weights(tmp_path):
     with pytest.raises(ValueError, match="rollout.engine 'vllm'"):
         config(tmp_path, engine="hf", ahead=1)
-    run = build_mopd_run(config(tmp_path, ahead=0))
+    run = build_run(config(tmp_path, ahead=0))
     run.sampling = run.sampling.model_copy(update={"ahead": 1})
     with pytest.raises(ValueError, match="own copy of the weights"):
         check_can_run_ahead(run)
@@ -220,14 +222,15 @@ def test_the_optimiser_waits_until_the_engine_has_read_the_weights(tmp_path):
         return real_step(*a, **kw)
 
     run.optimizer.step = timed_step
-    train_one_step(run, prefetch_next=True)
+    driver = RunAhead(run)
+    driver.step(last=False)
     assert run.engine.pending is run.model and run.engine.pushes == 0  # left for the next update
     after0 = copy.deepcopy(run.model)
     run.step += 1
-    train_one_step(run, prefetch_next=True)
+    driver.step(last=False)
     assert len(run.engine.ready_done) == 1 and steps_at[1] >= run.engine.ready_done[0]
     # The batch sampled during that update came from the weights pushed then: step 0's result.
-    b = run.prefetched.sampled.batch
+    b = driver.prefetched.sampled.batch
     with torch.no_grad():
         lp = token_logprobs(after0, b.input_ids, b.attention_mask, b.gen_mask).logprobs
     torch.testing.assert_close(b.sample_logprobs[b.gen_mask], lp[b.gen_mask], atol=1e-5, rtol=1e-5)

@@ -15,6 +15,7 @@ from mopd.envs.base import EpisodeLimits, Observation, Opening
 from mopd.envs.domain import EnvDomain
 from mopd.models.tiny import char_tokenizer, tiny_model
 from mopd.objectives.mopd import MOPDObjective
+from mopd.rollout.engine import RolloutEngine
 from mopd.rollout.episodes import run_episodes
 from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.rollout.types import collate
@@ -45,11 +46,14 @@ def echo_domain(n: int = 6, max_turns: int = 4, max_tokens: int = 120) -> EnvDom
     return EnvDomain("echo", rows, rows[:2], lambda ex: EchoEnv(), EpisodeLimits(max_turns, max_tokens))
 
 
-class Recording:
+class Recording(RolloutEngine):
     """The engine, with what each generate call was asked and answered."""
 
     def __init__(self, engine):
         self.engine, self.answers = engine, {}
+
+    def sync_weights(self, model) -> None:
+        self.engine.sync_weights(model)
 
     def generate(self, prompts, max_new_tokens, temperature=1.0, generator=None):
         outs = self.engine.generate(prompts, max_new_tokens, temperature, generator)

@@ -7,14 +7,15 @@ import time
 import pytest
 import torch
 
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
 from mopd.rollout.types import TokenBatch, collate
 from mopd.teachers.base import TeacherError, TeacherScores
-from mopd.training import loop
-from mopd.training.loop import step_generator, train_one_step
-from mopd.training.overlap import chunk_bounds, chunk_generator, sample_and_score
+from mopd.rollout.engine import RolloutEngine
+from mopd.training import step as step_mod
+from mopd.training.overlap import chunk_bounds, chunk_generator, sample_and_score, step_generator
+from mopd.training.step import train_one_step
 from mopd.rollout.sample import collect_rollouts
 
 PARAMS = {"min_len": 3, "max_len": 5, "n_train": 40, "n_eval": 5}
@@ -49,18 +50,18 @@ def spy_step(run, monkeypatch, overlap):
 
         t.score = score
 
-    def spy(r, examples):
-        seen.append(sample_and_score(r, examples, overlap=overlap))
+    def spy(r, examples, **kw):
+        seen.append(sample_and_score(r, examples, overlap=overlap, **kw))
         return seen[-1]
 
-    monkeypatch.setattr(loop, "sample_and_score", spy)
+    monkeypatch.setattr(step_mod, "sample_and_score", spy)
     metrics = train_one_step(run)
     return seen[0], threads, metrics
 
 
 @pytest.mark.parametrize("algorithm", [{"alpha": 0.5}, {"loss": "topk", "topk": 4}])
 def test_overlapped_step_equals_serial_step(tmp_path, monkeypatch, algorithm):
-    serial_run, overlap_run = (build_mopd_run(config(tmp_path, **algorithm)) for _ in range(2))
+    serial_run, overlap_run = (build_run(config(tmp_path, **algorithm)) for _ in range(2))
     serial, serial_threads, m_serial = spy_step(serial_run, monkeypatch, overlap=False)
     over, over_threads, m_over = spy_step(overlap_run, monkeypatch, overlap=None)
 
@@ -91,7 +92,7 @@ def test_chunk_signals_stack_into_the_whole_batch_signals(tmp_path):
     """Scored chunk by chunk and stacked = scored as one batch: exactly with a teacher whose
     numbers depend on the row alone, to float rounding with real teachers (whose last bits
     depend on the padded width of the batch a row came in)."""
-    run = build_mopd_run(config(tmp_path, alpha=0.5))
+    run = build_run(config(tmp_path, alpha=0.5))
     chunked = sample_and_score(run, run.sampler.next_batch(10), overlap=True)
     whole = run.objective.score(chunked.rollouts, chunked.batch)
     assert whole.keys() == chunked.signals.keys() == {"lp_teacher", "orm_advantage"}
@@ -115,7 +116,7 @@ def test_chunk_signals_stack_into_the_whole_batch_signals(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_overlapped_equals_serial_with_teachers_on_a_gpu(tmp_path):
     """The worker scores on its own CUDA stream: still the serial step's numbers."""
-    runs = [build_mopd_run(config(tmp_path, loss="topk", topk=4)) for _ in range(2)]
+    runs = [build_run(config(tmp_path, loss="topk", topk=4)) for _ in range(2)]
     for r in runs:
         for t in r.objective.router.teachers.values():
             t.model.cuda()
@@ -129,7 +130,7 @@ def test_overlapped_equals_serial_with_teachers_on_a_gpu(tmp_path):
 
 def test_one_chunk_is_the_serial_step_of_before(tmp_path):
     """overlap_chunks 1: the step's generator of (seed, step), the whole batch scored at once."""
-    run, ref = build_mopd_run(config(tmp_path, chunks=1)), build_mopd_run(config(tmp_path, chunks=1))
+    run, ref = build_run(config(tmp_path, chunks=1)), build_run(config(tmp_path, chunks=1))
     examples = run.sampler.next_batch(10)
     got = sample_and_score(run, examples)
     rollouts = collect_rollouts(ref.engine, ref.tokenizer, examples, ref.sampling, ref.verifiers,
@@ -152,7 +153,7 @@ def test_chunks_and_their_generators():
 
 
 def test_whole_batch_objectives_score_once_after_generation(tmp_path):
-    run = build_mopd_run(config(tmp_path))
+    run = build_run(config(tmp_path))
     calls = []
 
     class WholeBatch:
@@ -180,7 +181,7 @@ class SlowTeacher:
         return TeacherScores(torch.full(batch.input_ids.shape, -1.0))
 
 
-class SlowEngine:
+class SlowEngine(RolloutEngine):
     """The run's engine, `delay` seconds slower per generate call."""
 
     def __init__(self, inner, delay):
@@ -197,7 +198,7 @@ class SlowEngine:
 def test_teacher_time_is_hidden_behind_generation(tmp_path):
     # 3 chunks, 0.3 s of generation and 0.2 s of teacher per chunk: chunks 0 and 1 are scored
     # while chunks 1 and 2 generate, only chunk 2's scoring is left after generation.
-    run = build_mopd_run(config(tmp_path))
+    run = build_run(config(tmp_path))
     run.engine = SlowEngine(run.engine, 0.3)
     slow = SlowTeacher("slow", 0.2)
     run.objective.router.teachers = {"t_rev": slow, "t_sort": slow}
@@ -209,14 +210,14 @@ def test_teacher_time_is_hidden_behind_generation(tmp_path):
     assert m["time/teacher_exposed"] <= m["time/teacher"] - 0.3
     assert 0.4 < m["time/teacher_hidden_frac"] <= 1.0
 
-    serial = build_mopd_run(config(tmp_path, chunks=1))
+    serial = build_run(config(tmp_path, chunks=1))
     serial.objective.router.teachers = {"t_rev": slow, "t_sort": slow}
     m1 = train_one_step(serial)
     assert m1["time/teacher"] >= 0.4 and m1["time/teacher_hidden"] == 0.0  # two calls, nothing to hide behind
 
 
 def test_a_failing_teacher_stops_the_overlapped_step(tmp_path):
-    run = build_mopd_run(config(tmp_path))
+    run = build_run(config(tmp_path))
     run.objective.router.teachers["t_sort"] = SlowTeacher("t_sort", 0.0, fail=True)
     with pytest.raises(TeacherError, match="'t_sort' is down"):
         train_one_step(run)

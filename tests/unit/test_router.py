@@ -41,7 +41,8 @@ def test_rollout_and_collate():
     r = Rollout.from_completion("d", [5, 6, 7], [8, 9], [-0.5, -0.25], reward=1.0)
     assert r.gen_mask == [False, False, False, True, True]
     assert r.sample_logprobs == [0.0, 0.0, 0.0, -0.5, -0.25]
-    assert r.completion_ids == [8, 9] and r.num_generated == 2 and r.prompt_len == 3
+    generated = [t for t, m in zip(r.token_ids, r.gen_mask) if m]
+    assert generated == [8, 9] and sum(r.gen_mask) == 2 and r.prompt_len == 3
     with pytest.raises(ValueError, match="same length"):
         Rollout("d", [1, 2], [False], [0.0, 0.0], 1)
     rs = make_rollouts()

@@ -6,7 +6,7 @@ import weakref
 import pytest
 import torch
 
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
 from mopd.models.tiny import char_tokenizer, tiny_model
@@ -14,7 +14,7 @@ from mopd.rollout.types import Rollout, collate
 from mopd.teachers.hf_teacher import HFTeacher
 from mopd.teachers.pool import PooledTeacher, TeacherPool
 from mopd.teachers.router import TeacherRouter
-from mopd.training.loop import train_one_step
+from mopd.training.step import train_one_step
 
 TOK = char_tokenizer()
 NAMES = ["a", "b", "c"]
@@ -61,6 +61,18 @@ def pooled(max_resident, device="cpu"):
     return pool, teachers, peak, reload
 
 
+def record_loads(monkeypatch) -> list[str]:
+    """The names of the teachers the pool (re)loads from now on, in order."""
+    loads, real_reload = [], PooledTeacher.reload
+
+    def reload(member):
+        real_reload(member)
+        loads.append(member.name)
+
+    monkeypatch.setattr(PooledTeacher, "reload", reload)
+    return loads
+
+
 BATCHES = [["a", "b", "c", "a"], ["c", "c", "b"], ["b", "a", "c", "b", "a"], ["a"]]
 
 
@@ -68,6 +80,7 @@ BATCHES = [["a", "b", "c", "a"], ["c", "c", "b"], ["b", "a", "c", "b", "a"], ["a
 def test_pool_bounds_memory_and_scores_like_all_resident(max_resident, monkeypatch):
     pool, teachers, peak, reload = pooled(max_resident)
     monkeypatch.setattr(PooledTeacher, "reload", reload)
+    loads = record_loads(monkeypatch)
     reference = TeacherRouter(hf_teachers(), ROUTES)
     router = TeacherRouter(teachers, ROUTES)
     for i, order in enumerate(BATCHES):
@@ -77,25 +90,28 @@ def test_pool_bounds_memory_and_scores_like_all_resident(max_resident, monkeypat
         assert torch.equal(got.topk_logprobs, ref.topk_logprobs)
         assert len(pool.resident) <= max_resident
     assert peak[0] == max_resident  # never more, and the bound was used
-    assert len(pool.loads) > 0  # teachers really went out and came back
+    assert len(loads) > 0  # teachers really went out and came back
 
 
-def test_pool_loads_in_batch_order_each_missing_teacher_once():
+def test_pool_loads_in_batch_order_each_missing_teacher_once(monkeypatch):
+    loads = record_loads(monkeypatch)
     pool, teachers, _, _ = pooled(1)
     assert pool.resident == ["c"]  # the last one built
     router = TeacherRouter(teachers, ROUTES)
     router.score(batch_of(["c", "a", "b", "a"]))
-    assert pool.loads == ["a", "b"]  # c was loaded: it goes first; then the batch's order
+    assert loads == ["a", "b"]  # c was loaded: it goes first; then the batch's order
     router.score(batch_of(["a", "c", "b"]))
-    assert pool.loads == ["a", "b", "a", "c"]  # b (loaded) first, then a and c as the batch needs them
+    assert loads == ["a", "b", "a", "c"]  # b (loaded) first, then a and c as the batch needs them
 
     pool2, teachers2, _, _ = pooled(2)
     assert pool2.resident == ["b", "c"]
+    loads.clear()
     TeacherRouter(teachers2, ROUTES).score(batch_of(["a", "b", "c"]))
-    assert pool2.loads == ["a"] and sorted(pool2.resident) == ["a", "c"]  # b was the least recently used
+    assert loads == ["a"] and sorted(pool2.resident) == ["a", "c"]  # b was the least recently used
 
 
-def test_cpu_teachers_go_to_disk_and_their_memory_is_freed():
+def test_cpu_teachers_go_to_disk_and_their_memory_is_freed(monkeypatch):
+    loads = record_loads(monkeypatch)
     pool = TeacherPool(1)
     ta, tb, _ = hf_teachers().values()
     a = pool.add(ta)
@@ -109,7 +125,7 @@ def test_cpu_teachers_go_to_disk_and_their_memory_is_freed():
     a.score(batch_of(["a"]))
     b.score(batch_of(["b"]))
     a.score(batch_of(["a"]))
-    assert a.snapshot == snapshot and pool.loads == ["a", "b", "a"]  # one snapshot per teacher, reused
+    assert a.snapshot == snapshot and loads == ["a", "b", "a"]  # one snapshot per teacher, reused
 
 
 def test_other_teachers_are_not_pooled():
@@ -129,6 +145,7 @@ def test_other_teachers_are_not_pooled():
 def test_gpu_teachers_wait_in_cpu_memory(monkeypatch):
     pool, teachers, peak, reload = pooled(1, device="cuda")
     monkeypatch.setattr(PooledTeacher, "reload", reload)
+    loads = record_loads(monkeypatch)
     reference = TeacherRouter(hf_teachers("cuda"), ROUTES)
     router = TeacherRouter(teachers, ROUTES)
     for i, order in enumerate(BATCHES):
@@ -137,7 +154,7 @@ def test_gpu_teachers_wait_in_cpu_memory(monkeypatch):
         assert torch.equal(got.logprobs, ref.logprobs) and torch.equal(got.topk_logprobs, ref.topk_logprobs)
         on_gpu = [m.name for m in pool.members if next(m.teacher.model.parameters()).is_cuda]
         assert on_gpu == pool.resident and len(on_gpu) == 1
-    assert len(pool.loads) > 0
+    assert len(loads) > 0
 
 
 def test_distill_step_with_a_pool_matches_one_without(tmp_path):
@@ -153,7 +170,7 @@ def test_distill_step_with_a_pool_matches_one_without(tmp_path):
                         {"name": "add", "prompts": {"builtin": "addition", "params": small}, "teacher": "me"}],
             "sampling": {"prompts_per_step": 9, "max_new_tokens": 5},
             "teacher_pool": {"max_resident": max_resident}, "logging": {"progress": False}})
-        r = build_mopd_run(cfg)
+        r = build_run(cfg)
         return r, train_one_step(r)
 
     pooled_run, m_pooled = run(1)

@@ -10,6 +10,7 @@ from mopd.models.logprobs import token_logprobs
 from mopd.domains.base import Example
 from mopd.envs.base import EpisodeLimits, Observation, Opening
 from mopd.envs.domain import EnvDomain
+from mopd.rollout.engine import RolloutEngine
 from mopd.rollout.episodes import run_episodes
 from mopd.rollout.types import collate
 from mopd.rollout.vllm_engine import VLLMRolloutEngine
@@ -30,9 +31,12 @@ class Echo:
         return float(self.n)
 
 
-class Recording:
+class Recording(RolloutEngine):
     def __init__(self, engine):
         self.engine, self.answers = engine, {}
+
+    def sync_weights(self, model) -> None:
+        self.engine.sync_weights(model)
 
     def generate(self, prompts, max_new_tokens, temperature=1.0, generator=None):
         outs = self.engine.generate(prompts, max_new_tokens, temperature, generator)

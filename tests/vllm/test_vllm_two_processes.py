@@ -10,9 +10,8 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM
 
-from cli_runs import launch_two_cpu_processes
+from cli_runs import launch_two_cpu_processes, read_metrics
 from mopd.models.tiny import char_tokenizer, tiny_model
-from mopd.training.metrics import read_metrics
 from tiny_vllm import distill_config
 
 pytestmark = pytest.mark.vllm

@@ -13,7 +13,8 @@ need the whole model instead:
 
 from __future__ import annotations
 
-from mopd.distributed.runtime import inner_optimizer
+from mopd.distributed.rank_views import inner_optimizer
+from mopd.rollout.engine import RolloutEngine
 
 
 def _fsdp_modules(model) -> list:
@@ -22,15 +23,16 @@ def _fsdp_modules(model) -> list:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
-class GatheredRollouts:
+class GatheredRollouts(RolloutEngine):
     """A rollout engine whose `generate` runs with the FSDP2 student's parameters whole.
 
     `reshard_after_forward` is the run's FSDP2 setting, restored on the FSDP modules after
-    sampling.
+    sampling. Everything else is the wrapped engine's.
     """
 
-    def __init__(self, engine, model, reshard_after_forward: bool = True):
+    def __init__(self, engine: RolloutEngine, model, reshard_after_forward: bool = True):
         self.engine, self.model, self.reshard_after_forward = engine, model, reshard_after_forward
+        self.shares_trainer_weights = engine.shares_trainer_weights
 
     def generate(self, *args, **kwargs):
         modules = _fsdp_modules(self.model)
@@ -52,8 +54,14 @@ class GatheredRollouts:
     def sync_weights(self, model) -> None:
         self.engine.sync_weights(model)
 
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
+    def awake(self):
+        return self.engine.awake()
+
+    def defer_weights(self, model) -> None:
+        self.engine.defer_weights(model)
+
+    def ready(self) -> None:
+        self.engine.ready()
 
 
 class _FullModel:

@@ -1,5 +1,6 @@
-"""What one training process sees of shared things: its share of each global batch, and the
-wrapped model (DDP, FSDP2, DeepSpeed) as the trunk + head that `token_logprobs` expects."""
+"""What one training process sees of shared things: its share of each global batch, the
+wrapped model (DDP, FSDP2, DeepSpeed) as the trunk + head that `token_logprobs` expects, and
+the optimizer inside accelerate's wrapper."""
 
 from __future__ import annotations
 
@@ -51,3 +52,8 @@ class ThroughWrapper:
 
     def __call__(self, input_ids, attention_mask, **kw):  # models without a separable head; the probe
         return self.wrapped(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+
+def inner_optimizer(optimizer):
+    """The optimizer itself: accelerate's AcceleratedOptimizer wraps the one it was given."""
+    return getattr(optimizer, "optimizer", optimizer)

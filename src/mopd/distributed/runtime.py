@@ -248,11 +248,6 @@ class Accelerated(Local):
             self.acc.scaler.load_state_dict(state)
 
 
-def inner_optimizer(optimizer):
-    """The optimizer itself: accelerate's AcceleratedOptimizer wraps the one it was given."""
-    return getattr(optimizer, "optimizer", optimizer)
-
-
 def build_accelerator(cfg: DistributedConfig):
     """An Accelerator for `cfg`; the launcher (its env vars) decides processes, DDP / FSDP / DeepSpeed."""
     from accelerate import Accelerator

@@ -94,6 +94,10 @@ class EpisodeSource(Protocol):
 
     def environment(self, example: Example) -> Environment: ...
 
+    def demonstration(self, example: Example) -> list[str] | None:
+        """The model's turns of a correct episode of `example`, for SFT; None when there are none."""
+        ...
+
 
 EPISODES_KEY = "episodes"  # Example.meta key holding the example's EpisodeSource
 

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mopd.config.schema import ModelSpec
+from mopd.models.lora import BASE_SPEC_FILE, require_peft
 from mopd.models.tiny import char_tokenizer, tiny_model
 
 log = logging.getLogger(__name__)
@@ -190,3 +191,25 @@ def save_pretrained(model: PreTrainedModel, tokenizer, directory: str | Path) ->
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
+
+
+def base_spec_of(adapter_dir: str | Path, base: str | None = None):
+    """The base model of an adapter: `base` if given, else what mopd or peft recorded beside it."""
+    adapter_dir = Path(adapter_dir)
+    if base is not None:
+        return ModelSpec(path=base)
+    if (adapter_dir / BASE_SPEC_FILE).is_file():
+        return ModelSpec(**json.loads((adapter_dir / BASE_SPEC_FILE).read_text()))
+    recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not recorded:
+        raise ValueError(f"{adapter_dir}: the adapter does not say which base model it belongs to; give it (--base)")
+    return ModelSpec(path=recorded)
+
+
+def load_merged(adapter_dir: str | Path, base: str | None = None):
+    """(plain model with the adapter merged in, tokenizer): what `mopd merge-lora` writes and `mopd eval` reads."""
+    spec = base_spec_of(adapter_dir, base)
+    has_tok = (Path(adapter_dir) / "tokenizer_config.json").is_file()
+    tok = load_tokenizer(type(spec)(path=str(adapter_dir)) if has_tok else spec)
+    model = require_peft().PeftModel.from_pretrained(load_model(spec, tok), str(adapter_dir))
+    return model.merge_and_unload(), tok

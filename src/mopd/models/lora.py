@@ -27,7 +27,7 @@ _HINTS = {"alpha": "lora_alpha", "dropout": "lora_dropout", "rank": "r", "target
 BASE_SPEC_FILE = "mopd_base_model.json"  # the base model of an adapter directory mopd wrote
 
 
-def _peft():
+def require_peft():
     try:
         import peft
     except ImportError as e:
@@ -36,7 +36,7 @@ def _peft():
 
 
 def lora_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(_peft().LoraConfig)} - _SET_BY_MOPD
+    return {f.name for f in dataclasses.fields(require_peft().LoraConfig)} - _SET_BY_MOPD
 
 
 def check_lora(options: dict) -> dict:
@@ -62,8 +62,15 @@ def check_lora(options: dict) -> dict:
     return options
 
 
+def uses_dora(options: dict) -> bool:
+    """Whether `student.lora` asks for DoRA (`use_dora`), inline or in an existing adapter's config."""
+    if "path" in options:
+        return bool(json.loads((Path(options["path"]) / "adapter_config.json").read_text()).get("use_dora"))
+    return bool(options.get("use_dora"))
+
+
 def lora_config(options: dict):
-    return _peft().LoraConfig(task_type="CAUSAL_LM", **options)
+    return require_peft().LoraConfig(task_type="CAUSAL_LM", **options)
 
 
 def apply_lora(model, options: dict, seed: int = 0):
@@ -72,7 +79,7 @@ def apply_lora(model, options: dict, seed: int = 0):
     A new adapter's A matrices are drawn from `seed` alone, not from whatever the global RNG
     holds, so two runs of one config start from the same adapter (and a resumed run matches).
     """
-    peft = _peft()
+    peft = require_peft()
     if "path" in options:
         return peft.PeftModel.from_pretrained(model, options["path"], is_trainable=True)
     with torch.random.fork_rng(devices=[]):
@@ -120,32 +127,6 @@ def save_base_spec(directory: str | Path, spec) -> None:
 
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
-
-
-def base_spec_of(adapter_dir: str | Path, base: str | None = None):
-    """The base model of an adapter: `base` if given, else what mopd or peft recorded beside it."""
-    from mopd.config.schema import ModelSpec
-
-    adapter_dir = Path(adapter_dir)
-    if base is not None:
-        return ModelSpec(path=base)
-    if (adapter_dir / BASE_SPEC_FILE).is_file():
-        return ModelSpec(**json.loads((adapter_dir / BASE_SPEC_FILE).read_text()))
-    recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not recorded:
-        raise ValueError(f"{adapter_dir}: the adapter does not say which base model it belongs to; give it (--base)")
-    return ModelSpec(path=recorded)
-
-
-def load_merged(adapter_dir: str | Path, base: str | None = None):
-    """(plain model with the adapter merged in, tokenizer): what `mopd merge-lora` writes and `mopd eval` reads."""
-    from mopd.models.loading import load_model, load_tokenizer
-
-    spec = base_spec_of(adapter_dir, base)
-    has_tok = (Path(adapter_dir) / "tokenizer_config.json").is_file()
-    tok = load_tokenizer(type(spec)(path=str(adapter_dir)) if has_tok else spec)
-    model = _peft().PeftModel.from_pretrained(load_model(spec, tok), str(adapter_dir))
-    return model.merge_and_unload(), tok
 
 
 def load_adapter_state(model, adapter_dir: str | Path) -> None:

@@ -6,8 +6,8 @@ loop (sample -> score -> advantage -> update) is shared.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
@@ -38,24 +38,26 @@ class LossOutput:
     active_tokens: int = 0
 
 
-class Objective(Protocol):
+class Objective(ABC):
     # Top-k width the student forward must gather log-probs for (0: sampled tokens only).
-    topk: int
+    topk: int = 0
     # True when a row's signals depend only on that row and its group (MOPD): the batch may then
     # be scored chunk by chunk, while later chunks generate, and the pieces stacked with
     # `concat_signals`. False (GRPO: whole-batch token counts): `score` sees the whole batch.
-    rowwise: bool
+    rowwise: bool = False
 
+    @abstractmethod
     def score(self, rollouts: list[Rollout], batch: TokenBatch) -> dict[str, torch.Tensor]:
         """Signals with the batch's rows first (teacher log-probs, rewards...)."""
-        ...
 
+    @abstractmethod
     def loss_mask(self, batch: TokenBatch, signals: dict[str, torch.Tensor]) -> torch.Tensor:
         """The tokens a token-normalised loss divides by (bool [B, T])."""
-        ...
 
+    @abstractmethod
     def loss(self, fwd: TokenLogprobs, batch: TokenBatch, signals: dict[str, torch.Tensor],
-             totals: Totals) -> LossOutput: ...
+             totals: Totals) -> LossOutput:
+        """This micro-batch's loss, a sum over the whole batch's `totals` (micro-batches add up)."""
 
 
 def concat_signals(parts: list[dict[str, torch.Tensor]], length: int) -> dict[str, torch.Tensor]:

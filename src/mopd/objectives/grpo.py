@@ -12,11 +12,11 @@ from mopd.algorithms.grpo import dynamic_sampling_keep, group_advantages
 from mopd.models.logprobs import TokenLogprobs
 from mopd.algorithms.mopd_loss import importance_weights, policy_gradient_loss
 from mopd.config.schema import ISCorrection
-from mopd.objectives.base import LossOutput, Totals
+from mopd.objectives.base import LossOutput, Objective, Totals
 from mopd.rollout.types import Rollout, TokenBatch
 
 
-class GRPOObjective:
+class GRPOObjective(Objective):
     topk = 0
     rowwise = False  # dynamic sampling's kept-token count is a whole-batch number
 

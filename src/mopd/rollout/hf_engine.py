@@ -11,10 +11,10 @@ import torch
 from transformers import DynamicCache
 
 from mopd.models.kv_cache import cache_keyword
-from mopd.rollout.engine import Completion, check_prompts, stop_token_ids
+from mopd.rollout.engine import Completion, RolloutEngine, check_prompts, stop_token_ids
 
 
-class HFRolloutEngine:
+class HFRolloutEngine(RolloutEngine):
     """Samples from a transformers causal LM, typically the very model being trained."""
 
     shares_trainer_weights = True  # sync_weights hands it the trainer's own parameters

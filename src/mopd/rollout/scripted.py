@@ -13,12 +13,12 @@ import torch
 
 from mopd.domains.base import Example
 from mopd.envs.base import episode_source
-from mopd.rollout.engine import Completion
+from mopd.rollout.engine import Completion, RolloutEngine
 from mopd.rollout.episodes import run_episodes
 from mopd.rollout.types import Rollout
 
 
-class ScriptedEngine:
+class ScriptedEngine(RolloutEngine):
     """`policy(history_ids) -> text` says each turn; its ids end with the EOS token.
     Log-probs are 0 (the policy is deterministic)."""
 
@@ -59,7 +59,7 @@ def demonstration_rollout(example: Example, tokenizer, max_new_tokens: int = 256
     """The episode of `example` played by its domain's demonstration, as a rollout whose model
     tokens are the demonstration's turns."""
     source = episode_source(example)
-    turns = getattr(source, "demonstration", lambda _e: None)(example) if source is not None else None
+    turns = source.demonstration(example) if source is not None else None
     if not turns:
         raise ValueError(f"domain {example.domain!r} has no demonstration for SFT: give the environment "
                          "file a `demonstration(example)` returning the model's turns")

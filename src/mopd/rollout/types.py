@@ -34,14 +34,6 @@ class Rollout:
         if not (len(self.token_ids) == len(self.gen_mask) == len(self.sample_logprobs)):
             raise ValueError("token_ids, gen_mask and sample_logprobs must have the same length")
 
-    @property
-    def completion_ids(self) -> list[int]:
-        return [t for t, m in zip(self.token_ids, self.gen_mask) if m]
-
-    @property
-    def num_generated(self) -> int:
-        return sum(self.gen_mask)
-
     @classmethod
     def from_completion(cls, domain: str, prompt_ids: list[int], completion_ids: list[int],
                         logprobs: list[float], **kw) -> "Rollout":
@@ -70,6 +62,9 @@ class TokenBatch:
     domain_ids: torch.Tensor  # long [B]
     groups: torch.Tensor  # long [B]
     domains: list[str] = field(default_factory=list)  # names indexed by domain_ids
+    # Each row's prompt example (None where unknown): a teacher with another tokenizer renders
+    # the conversation again with its own chat template (mopd.teachers.cross_tokenizer).
+    examples: list[Example | None] | None = None
 
     @property
     def size(self) -> int:
@@ -80,8 +75,10 @@ class TokenBatch:
         rows = torch.as_tensor(rows, dtype=torch.long)
         length = int(self.attention_mask[rows].sum(-1).max())
         cut = lambda t: t[rows, :length]  # noqa: E731
+        examples = None if self.examples is None else [self.examples[i] for i in rows.tolist()]
         return TokenBatch(cut(self.input_ids), cut(self.attention_mask), cut(self.gen_mask),
-                          cut(self.sample_logprobs), self.domain_ids[rows], self.groups[rows], self.domains)
+                          cut(self.sample_logprobs), self.domain_ids[rows], self.groups[rows], self.domains,
+                          examples)
 
 
 def collate(rollouts: list[Rollout], pad_id: int, domains: list[str] | None = None) -> TokenBatch:
@@ -104,4 +101,4 @@ def collate(rollouts: list[Rollout], pad_id: int, domains: list[str] | None = No
         raise ValueError("the first token of a rollout cannot be a generated token")
     return TokenBatch(ids, attn, gen, lp,
                       torch.tensor([index[r.domain] for r in rollouts]),
-                      torch.tensor([r.group for r in rollouts]), domains)
+                      torch.tensor([r.group for r in rollouts]), domains, [r.example for r in rollouts])

@@ -27,7 +27,7 @@ import torch
 from mopd.config.schema import VLLMOptions
 from mopd.models.lora import is_peft, merged_state_dict
 from mopd.models.vllm_startup import DTYPE_NAMES, VLLM_LOCK, check_head_dim, start_llm
-from mopd.rollout.engine import Completion, check_prompts, stop_token_ids
+from mopd.rollout.engine import Completion, RolloutEngine, check_prompts, stop_token_ids
 
 
 def reload_in_worker(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
@@ -35,7 +35,7 @@ def reload_in_worker(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
     worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
 
 
-class VLLMRolloutEngine:
+class VLLMRolloutEngine(RolloutEngine):
     """Samples from vLLM; `sync_weights` pushes the trainer's weights into it."""
 
     shares_trainer_weights = False  # vLLM holds its own copy: the trainer may update while it samples

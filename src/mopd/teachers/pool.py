@@ -76,12 +76,15 @@ class TeacherPool:
         self.max_resident = max_resident
         self.members: list[PooledTeacher] = []
         self.recent: list[PooledTeacher] = []  # loaded members, least recently used first
-        self.loads: list[str] = []  # teacher names in the order they were (re)loaded
         self.lock = threading.RLock()
         self._dir: Path | None = None
 
     def add(self, teacher: Teacher) -> Teacher:
-        """Pool an in-process transformers teacher; any other teacher is returned as it is."""
+        """Pool an in-process transformers teacher; any other teacher is returned as it is. A
+        teacher that wraps one (another tokenizer's, mopd.teachers.cross_tokenizer) has it pooled."""
+        if isinstance(getattr(teacher, "inner", None), HFTeacher):
+            teacher.inner = self.add(teacher.inner)
+            return teacher
         if self.max_resident is None or not isinstance(teacher, HFTeacher):
             return teacher
         with self.lock:
@@ -106,7 +109,6 @@ class TeacherPool:
             else:
                 self.make_room(1)
                 member.reload()
-                self.loads.append(member.name)
             self.recent.append(member)
 
     def offload_dir(self) -> Path:

@@ -1,72 +1,28 @@
-"""The on-policy loop shared by every RL-style stage: sample -> score -> advantage -> update.
+"""The on-policy loop shared by every RL-style stage: steps, checkpoints, faults, metrics.
 
-A stage is an `Objective` (how rollouts are scored and turned into a loss) plus the prompts
-its sampler draws; everything else here is the same for MOPD, GRPO, Mix-RL and Cascade RL.
+What one step does is mopd.training.step (synchronous) or mopd.training.ahead (sampling the
+next batch during the update); `run_onpolicy` picks the driver and runs it to the last step.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from mopd.config.schema import CheckpointConfig, LoggingConfig, OptimConfig, SamplingConfig
-from mopd.data.adaptive import MixtureAdapter
-from mopd.data.mixture import MixtureSampler
 from mopd.models.loading import save_pretrained
-from mopd.objectives.base import Objective
-from mopd.rollout.engine import RolloutEngine
 from mopd.teachers.base import TeacherError
 from mopd.training import checkpoint as ckpt
-from mopd.training.ahead import (Prefetched, check_can_run_ahead, sampler_state_before_step, take_prefetched,
-                                 update_while_sampling)
-from mopd.distributed.runtime import Local
-from mopd.training.episode_metrics import episode_metrics
+from mopd.training.ahead import RunAhead
 from mopd.training.interrupt import StopOnSignal, TrainingInterrupted
-from mopd.training.metrics import MetricsLogger, per_domain_means, per_domain_row_means
+from mopd.training.metrics import MetricsLogger
 from mopd.training.progress import StepProgress
-from mopd.training.overlap import sample_and_score
-from mopd.rollout.sample import Verifier
-from mopd.training.update import NonFiniteUpdate, update_step
+from mopd.training.run import OnPolicyRun
+from mopd.training.step import Lockstep
+from mopd.training.update import NonFiniteUpdate
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OnPolicyRun:
-    model: torch.nn.Module  # as prepared by `dist` (a DDP / FSDP2 / DeepSpeed wrapper across processes)
-    tokenizer: object
-    engine: RolloutEngine
-    sampler: MixtureSampler
-    objective: Objective
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    sampling: SamplingConfig
-    optim: OptimConfig
-    output_dir: Path
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    verifiers: dict[str, Verifier] = field(default_factory=dict)
-    seed: int = 0  # this process's sampling seed: `dist.rank_seed` of the config's seed (rank 0: the same)
-    name: str = "mopd"
-    run_config: dict = field(default_factory=dict)
-    # Device, processes, mixed precision (mopd.distributed.runtime); default: this process alone.
-    dist: Local = field(default_factory=Local)
-    step: int = 0  # steps completed
-    skipped_nonfinite: int = 0  # updates skipped for a non-finite loss or gradient, in all
-    skipped_empty: int = 0  # updates skipped because no token had a learning signal, in all
-    prefetched: Prefetched | None = None  # the next step's batch, sampled ahead (sampling.ahead)
-    mixture: MixtureAdapter | None = None  # adaptive domain shares (sampling.mixture); None: fixed
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    # Sampling randomness is a function of (seed, step) alone, so a resumed run draws
-    # exactly what the uninterrupted run drew.
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 def resume_from(run: OnPolicyRun, path: Path) -> None:
@@ -94,10 +50,13 @@ def resume_from(run: OnPolicyRun, path: Path) -> None:
     log.info("resumed %s from %s at step %d", run.name, path, run.step)
 
 
-def save(run: OnPolicyRun) -> Path:
-    """Checkpoint: every rank gathers its part of the state, the main process writes, all wait."""
+def save(run: OnPolicyRun, sampler_state: dict | None = None) -> Path:
+    """Checkpoint: every rank gathers its part of the state, the main process writes, all wait.
+    `sampler_state`: the sampler before the current step's batch was drawn, when a driver has
+    drawn it already (sampling.ahead); default: the sampler as it is."""
     model, optimizer = run.dist.saveable(run.model, run.optimizer)
-    extra = {"sampler": sampler_state_before_step(run), "skipped_nonfinite": run.skipped_nonfinite,
+    sampler_state = run.sampler.state_dict() if sampler_state is None else sampler_state
+    extra = {"sampler": sampler_state, "skipped_nonfinite": run.skipped_nonfinite,
              "skipped_empty": run.skipped_empty}
     if (scaler := run.dist.scaler_state()) is not None:
         extra["grad_scaler"] = scaler
@@ -122,55 +81,6 @@ def save_model(run: OnPolicyRun, directory: Path) -> None:
 
             save_base_spec(directory, ModelSpec(**{k: v for k, v in spec.items() if k != "lora"}))
     run.dist.barrier()
-
-
-def push_weights(run: OnPolicyRun, later: bool = False) -> None:
-    """The student's new weights into the rollout engine. `later` (sampling.ahead): an engine that
-    can defer the push takes them while the next update's forward and backward run."""
-    model = run.dist.unwrap(run.model)
-    defer = getattr(run.engine, "defer_weights", None) if later else None
-    (defer or run.engine.sync_weights)(model)
-
-
-def train_one_step(run: OnPolicyRun, prefetch_next: bool = False) -> dict[str, float]:
-    """One step. `prefetch_next` (with `sampling.ahead`): sample the next step's batch during this update."""
-    s = run.sampling
-    torch.manual_seed(run.seed * 1_000_003 + run.step)
-    t0 = time.perf_counter()
-    sampled = take_prefetched(run)
-    if sampled is None:
-        # Teachers score finished chunks while later ones generate (sampling.overlap_chunks > 1).
-        sampled = sample_and_score(run, run.sampler.next_batch(s.prompts_per_step))
-    rollouts, batch, signals, times = sampled
-    t2 = time.perf_counter()  # sample + score
-
-    def update(wait_before_step=None):
-        return update_step(run.model, run.optimizer, run.scheduler, batch, signals, run.objective,
-                           run.optim.grad_accum_steps, run.optim.grad_clip, s.temperature, run.dist,
-                           wait_before_step=wait_before_step)
-
-    ahead = bool(s.ahead and prefetch_next)
-    if ahead:
-        (scalars, tok), waited = update_while_sampling(run, update)
-        times = {**times, "time/update_exposed": waited}
-    else:
-        scalars, tok = update()
-    push_weights(run, later=ahead)
-    t3 = time.perf_counter()  # advantage + update
-
-    n_tokens = int(batch.gen_mask.sum())
-    m = dict(scalars)
-    for k, v in tok.items():
-        m.update(per_domain_means(v, batch.gen_mask, batch.domain_ids, batch.domains, k))
-    lengths = batch.gen_mask.sum(-1).float()
-    m.update(per_domain_row_means(lengths, batch.domain_ids, batch.domains, "length"))
-    rewards = torch.tensor([r.reward if r.reward is not None else float("nan") for r in rollouts])
-    m.update(per_domain_row_means(rewards, batch.domain_ids, batch.domains, "reward"))
-    m.update(episode_metrics(rollouts, batch))  # agentic domains: turns, tool calls, faults
-    m.update({**times, "time/update": t3 - t2, "time/step": t3 - t0,
-              "tokens_per_s": n_tokens / max(t3 - t0, 1e-9), "completion_tokens": n_tokens,
-              "sequences": len(rollouts)})
-    return m
 
 
 def after_teacher_failure(run: OnPolicyRun, drawn: dict) -> None:
@@ -210,64 +120,96 @@ def run_onpolicy(run: OnPolicyRun, resume: bool = False, stop_at: int | None = N
     and counted, and `optim.max_nonfinite_in_a_row` of them in a row stop the run.
     """
     run.output_dir.mkdir(parents=True, exist_ok=True)
-    check_can_run_ahead(run)
+    driver = pick_driver(run)
     # The newest checkpoint that passes its manifest: a damaged one is skipped with a warning.
     if resume and (path := ckpt.usable_checkpoint(run.output_dir / "checkpoints")) is not None:
         resume_from(run, path)
     main = run.dist.is_main  # metrics and progress come from the main process alone
     logger = MetricsLogger(run.output_dir, run.logging, run.run_config) if main else None
     last: dict[str, float] = {}
-    bad_in_a_row, limit = 0, run.optim.max_nonfinite_in_a_row
-    empty_in_a_row = 0
+    streaks = Streaks()
     try:
         with StepProgress(run.name, run.optim.steps, run.step, enabled=run.logging.progress and main) as bar, \
                 StopOnSignal() as stop:
             end = min(run.optim.steps, stop_at or run.optim.steps)
             while run.step < end:
-                drawn = sampler_state_before_step(run)
-                try:
-                    last = run.dist.mean_metrics(train_one_step(run, prefetch_next=run.step + 1 < end))
-                    bad_in_a_row = 0
-                except NonFiniteUpdate as e:
-                    bad_in_a_row += 1
-                    run.skipped_nonfinite += 1
-                    log.warning("step %d: skipped a non-finite update (%s); %d in a row, %d in all",
-                                run.step, e, bad_in_a_row, run.skipped_nonfinite)
-                    last = {"nonfinite_in_a_row": float(bad_in_a_row)}
-                    if bad_in_a_row >= limit:
-                        raise NonFiniteRun(
-                            f"{bad_in_a_row} non-finite updates in a row (optim.max_nonfinite_in_a_row="
-                            f"{limit}), last: {e}; lower optim.lr, set optim.grad_clip, or check the "
-                            "teachers' log-probs") from e
-                except TeacherError:
-                    after_teacher_failure(run, drawn)
-                    raise
-                empty = bool(last.get("skipped_empty"))
-                run.skipped_empty += empty
-                empty_in_a_row = empty_in_a_row + 1 if empty else 0
-                last["skipped_nonfinite"] = float(run.skipped_nonfinite)
-                last["skipped_empty"] = float(run.skipped_empty)
-                run.step += 1
-                if run.mixture is not None:
-                    last.update(run.mixture.after_step(run.step, last, run.sampler))
+                last = step_or_skip(run, driver, run.step + 1 >= end, streaks)
+                count_step(run, last, streaks)
                 if logger and (run.step % run.logging.every == 0 or run.step == run.optim.steps):
                     logger.log(run.step, last)
                 bar.advance(last)
-                saved = run.checkpoint.every and run.step % run.checkpoint.every == 0
-                if saved:
-                    save(run)
-                if run.optim.max_empty_in_a_row and empty_in_a_row >= run.optim.max_empty_in_a_row:
-                    if not saved:
-                        save(run)  # so that --resume, with a setting changed, continues from here
-                    raise no_signal_error(run, empty_in_a_row)
-                # Ranks may see the signal at different steps: all stop at the first one that does.
-                # A finished run just ends.
-                if run.dist.any(stop.signum is not None) and run.step < run.optim.steps:
-                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, run.step, ckpt.latest_checkpoint(
-                        run.output_dir / "checkpoints") if saved else save(run))
+                checkpoint_or_stop(run, driver, streaks, stop.signum)
         if not (run.checkpoint.every and run.step % run.checkpoint.every == 0):
-            save(run)
+            save(run, driver.sampler_state())
     finally:
         if logger:
             logger.close()
     return last
+
+
+def pick_driver(run: OnPolicyRun) -> Lockstep | RunAhead:
+    """The synchronous driver, or with sampling.ahead the one that samples during the update
+    (which fails here when this run cannot run ahead)."""
+    return RunAhead(run) if run.sampling.ahead else Lockstep(run)
+
+
+@dataclass
+class Streaks:
+    """Steps in a row that changed nothing: a non-finite update, or no token to learn from."""
+
+    nonfinite: int = 0
+    empty: int = 0
+
+
+def step_or_skip(run: OnPolicyRun, driver: Lockstep | RunAhead, last: bool, streaks: Streaks) -> dict[str, float]:
+    """The step's metrics (averaged over ranks). A non-finite update is skipped and counted;
+    a teacher error puts the step's prompts back and saves before it propagates."""
+    drawn = driver.sampler_state()
+    limit = run.optim.max_nonfinite_in_a_row
+    try:
+        metrics = run.dist.mean_metrics(driver.step(last=last))
+    except NonFiniteUpdate as e:
+        streaks.nonfinite += 1
+        run.skipped_nonfinite += 1
+        log.warning("step %d: skipped a non-finite update (%s); %d in a row, %d in all",
+                    run.step, e, streaks.nonfinite, run.skipped_nonfinite)
+        if streaks.nonfinite >= limit:
+            raise NonFiniteRun(
+                f"{streaks.nonfinite} non-finite updates in a row (optim.max_nonfinite_in_a_row="
+                f"{limit}), last: {e}; lower optim.lr, set optim.grad_clip, or check the "
+                "teachers' log-probs") from e
+        return {"nonfinite_in_a_row": float(streaks.nonfinite)}
+    except TeacherError:
+        after_teacher_failure(run, drawn)
+        raise
+    streaks.nonfinite = 0
+    return metrics
+
+
+def count_step(run: OnPolicyRun, last: dict[str, float], streaks: Streaks) -> None:
+    """Count the finished step (skips, the step itself) and let the adaptive mixture see it."""
+    empty = bool(last.get("skipped_empty"))
+    run.skipped_empty += empty
+    streaks.empty = streaks.empty + 1 if empty else 0
+    last["skipped_nonfinite"] = float(run.skipped_nonfinite)
+    last["skipped_empty"] = float(run.skipped_empty)
+    run.step += 1
+    if run.mixture is not None:
+        last.update(run.mixture.after_step(run.step, last, run.sampler))
+
+
+def checkpoint_or_stop(run: OnPolicyRun, driver: Lockstep | RunAhead, streaks: Streaks,
+                       signum: int | None) -> None:
+    """Save every `checkpoint.every` steps; stop, saved, when the run cannot learn or was signalled."""
+    saved = run.checkpoint.every and run.step % run.checkpoint.every == 0
+    if saved:
+        save(run, driver.sampler_state())
+    if run.optim.max_empty_in_a_row and streaks.empty >= run.optim.max_empty_in_a_row:
+        if not saved:
+            save(run, driver.sampler_state())  # so that --resume, with a setting changed, continues from here
+        raise no_signal_error(run, streaks.empty)
+    # Ranks may see the signal at different steps: all stop at the first one that does.
+    # A finished run just ends.
+    if run.dist.any(signum is not None) and run.step < run.optim.steps:
+        raise TrainingInterrupted(signum or signal.SIGTERM, run.step, ckpt.latest_checkpoint(
+            run.output_dir / "checkpoints") if saved else save(run, driver.sampler_state()))

@@ -79,7 +79,3 @@ class MetricsLogger:
             self.tb.close()
         if self.wandb:
             self.wandb.finish()
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from mopd.domains.base import Example
 from mopd.objectives.base import concat_signals
-from mopd.rollout.engine import awake
 from mopd.rollout.types import Rollout, TokenBatch, collate
 from mopd.rollout.sample import generate_rollouts, verify_rollouts
-
-if TYPE_CHECKING:
-    from mopd.training.loop import OnPolicyRun
+from mopd.training.run import OnPolicyRun
 
 
 class Sampled(NamedTuple):
@@ -45,11 +42,15 @@ class Sampled(NamedTuple):
     times: dict[str, float]  # time/rollout and the time/teacher* split (module docstring)
 
 
+def step_generator(seed: int, step: int) -> torch.Generator:
+    # Sampling randomness is a function of (seed, step) alone, so a resumed run draws
+    # exactly what the uninterrupted run drew.
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
 def chunk_generator(seed: int, step: int, chunk: int, chunks: int) -> torch.Generator:
     """The sampling generator of one chunk of a step (module docstring: randomness)."""
     if chunks == 1:
-        from mopd.training.loop import step_generator  # here: loop imports this module
-
         return step_generator(seed, step)
     state = np.random.SeedSequence([seed % 2**63, step, chunk]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state) >> 1)
@@ -68,7 +69,7 @@ def sample_and_score(run: OnPolicyRun, examples: list[Example], overlap: bool | 
     s = run.sampling
     step = run.step if step is None else step
     bounds = chunk_bounds(len(examples), s.overlap_chunks)
-    rowwise = getattr(run.objective, "rowwise", False)
+    rowwise = run.objective.rowwise
     if overlap is None:
         overlap = len(bounds) > 1 and rowwise
     domains = sorted(run.sampler.shares)
@@ -94,7 +95,7 @@ def sample_and_score(run: OnPolicyRun, examples: list[Example], overlap: bool | 
     futures: list[Future] = []
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mopd-score") if overlap else None
     try:
-        with awake(run.engine):
+        with run.engine.awake():
             for c, (a, b) in enumerate(bounds):
                 gen = chunk_generator(run.seed, step, c, len(bounds))
                 chunks.append(generate_rollouts(run.engine, run.tokenizer, examples[a:b], s, gen, first_group=a))
