@@ -43,6 +43,7 @@ class Local:
     device = torch.device("cpu")
     has_loss_scaler = False
     keeps_master_weights = False  # the backend keeps float32 copies of 16-bit weights itself
+    fsdp2 = deepspeed = False  # which wrapper shards or steps the model (Accelerated sets them)
 
     def prepare(self, model, optimizer, scheduler):
         return model, optimizer, scheduler

@@ -18,7 +18,8 @@ from mopd.training.overlap import Sampled, sample_and_score
 from mopd.training.run import OnPolicyRun
 from mopd.training.update import update_step
 
-Scalars, TokenMetrics = dict[str, float], dict[str, torch.Tensor]
+Scalars = dict[str, float]  # loss, grad_norm, lr, skipped_empty...
+TokenMetrics = dict[str, torch.Tensor]  # per-token diagnostics [B, T], averaged per domain into the metrics
 
 
 def train_one_step(run: OnPolicyRun) -> dict[str, float]:
@@ -39,6 +40,7 @@ class Lockstep:
         self.run = run
 
     def step(self, last: bool) -> dict[str, float]:
+        """One step; `last` (nothing to sample after it) changes nothing here."""
         return train_one_step(self.run)
 
     def sampler_state(self) -> dict:
