@@ -55,8 +55,8 @@ MUTATIONS = [
              "entry, tok = plp[t], row[t]", "entry, tok = plp[t - 1], row[t]", WIRING),
     Mutation("an update with no active token still steps AdamW", "training/update.py",
              "if not dist.any(active > 0):", "if False:", ("unit/test_silent_noops.py",)),
-    Mutation("ahead without IS correction accepted", "config/schema.py",
-             "if self.sampling.ahead and self.algorithm.is_correction is None:", "if False:",
+    Mutation("ahead without IS correction accepted", "config/ahead.py",
+             "    if not is_correction:", "    if False:",
              ("unit/test_silent_noops.py",)),
 ]
 

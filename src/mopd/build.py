@@ -17,18 +17,21 @@ from mopd.domains.registry import build_domain
 from mopd.models.compat import check_teacher_vocab
 from mopd.models.loading import load_model, load_tokenizer
 from mopd.models.precision import warn_if_bf16_emulated
+from mopd.objectives.grpo import GRPOObjective
 from mopd.objectives.mopd import MOPDObjective
 from mopd.rollout.hf_engine import HFRolloutEngine
 from mopd.teachers.base import Teacher
+from mopd.teachers.cross_tokenizer import build_cross_tokenizer_teacher
 from mopd.teachers.hf_teacher import HFTeacher
 from mopd.teachers.pool import TeacherPool
 from mopd.teachers.remote import RemoteTeacher
 from mopd.teachers.router import TeacherRouter
 from mopd.distributed.backend_checks import check_engines, check_precision
 from mopd.distributed.runtime import Accelerated
-from mopd.training.loop import OnPolicyRun
+from mopd.training.run import OnPolicyRun
 from mopd.training.optim import build_optimizer
-from mopd.rollout.sample import Verifier, eos_ids
+from mopd.rollout.sample import eos_ids
+from mopd.verifiers.safe_reward import Verifier
 
 
 def build_model(spec: ModelSpec, seed: int = 0):
@@ -48,6 +51,8 @@ def build_teacher(cfg: TeacherConfig, student, student_tok, temperature: float =
     log-probs in the update are taken at it too, so both sides are compared alike."""
     if cfg.kind == "self":
         return HFTeacher.frozen_copy_of(cfg.name, student, temperature=temperature)
+    if cfg.cross_tokenizer:  # scores text with its own tokenizer: no shared vocabulary to check
+        return build_cross_tokenizer_teacher(cfg, student, student_tok, eos_ids(student_tok, student), temperature)
     if cfg.kind == "remote":
         return build_remote_teacher(cfg, student_tok, temperature)
     if cfg.kind == "vllm":
@@ -102,7 +107,7 @@ def build_engine(cfg: RunConfig, student, tok):
     if cfg.rollout.engine == "vllm":
         from mopd.rollout.vllm_engine import VLLMRolloutEngine  # vLLM is an optional extra
 
-        return VLLMRolloutEngine(student, eos_ids(tok, student), cfg.rollout, seed=cfg.seed)
+        return VLLMRolloutEngine(student, eos_ids(tok, student), cfg.rollout.vllm, seed=cfg.seed)
     return HFRolloutEngine(student, tok.pad_token_id, eos_ids(tok, student))
 
 
@@ -175,13 +180,32 @@ def context_length(model) -> int | None:
 def check_lora_backend(cfg: RunConfig, dist) -> None:
     """LoRA is tested alone and under DDP; FSDP2 and DeepSpeed wrap the model in ways the adapter's
     checkpoints, merged pushes and 'self' teacher have not been tested with."""
-    if cfg.student.lora is not None and (dist.fsdp2 or getattr(dist, "deepspeed", False)):
+    if cfg.student.lora is not None and (dist.fsdp2 or dist.deepspeed):
         raise ValueError("student.lora is supported in one process and under DDP, not yet under FSDP2 or "
                          "DeepSpeed (untested: adapter checkpoints and merged weight pushes go through their "
                          "wrappers); launch with DDP, or train the full model")
+    if cfg.student.lora is not None and cfg.rollout.engine == "vllm":
+        from mopd.models.lora import uses_dora
+
+        if uses_dora(cfg.student.lora):
+            # The vLLM engine samples from merged weights, and DoRA's merge (a per-column norm of
+            # W + BA) is not one mopd computes: refused here rather than at the first push.
+            raise ValueError("student.lora with use_dora: the vLLM rollout engine samples from the merged "
+                             "weights, and merging DoRA is not supported; use rollout.engine 'hf' or plain "
+                             "LoRA (use_dora: false)")
 
 
-def build_mopd_run(cfg: RunConfig, output_dir: str | None = None) -> OnPolicyRun:
+def build_objective(cfg: RunConfig, student, tok):
+    """MOPD: the domains' teachers score each token; GRPO: each domain's verifier rewards each rollout."""
+    if cfg.objective == "grpo":
+        return GRPOObjective(cfg.algorithm.is_correction)
+    teachers = build_teachers(cfg, student, tok)
+    return MOPDObjective(TeacherRouter(teachers, {d.name: d.route for d in cfg.domains}), cfg.algorithm)
+
+
+def build_run(cfg: RunConfig, output_dir: str | None = None, name: str | None = None) -> OnPolicyRun:
+    """The one builder of on-policy runs: `mopd distill`, every RL stage of `mopd reproduce`
+    (teachers, MOPD, Mix-RL, Cascade RL), `mopd train-teacher` and the benchmarks."""
     dist = Accelerated.from_config(cfg.distributed)  # this process's device and rank
     check_engines(cfg, dist.world, sharded=dist.fsdp2)
     check_precision(cfg, sharded=dist.fsdp2)
@@ -189,8 +213,7 @@ def build_mopd_run(cfg: RunConfig, output_dir: str | None = None) -> OnPolicyRun
     warn_if_bf16_emulated(cfg, dist.device)
     student, tok = build_model(cfg.student, cfg.seed)
     student.to(dist.device)  # before the teachers: local ones (and 'self' copies) follow it
-    teachers = build_teachers(cfg, student, tok)
-    router = TeacherRouter(teachers, {d.name: d.route for d in cfg.domains})
+    objective = build_objective(cfg, student, tok)
     examples, verifiers = build_domains(cfg, tok, context_length(student))
     sampler = MixtureSampler(examples, {d.name: d.weight for d in cfg.domains}, seed=cfg.seed)
     optimizer, scheduler = build_optimizer(student, cfg.optim, dist.keeps_master_weights)
@@ -198,9 +221,9 @@ def build_mopd_run(cfg: RunConfig, output_dir: str | None = None) -> OnPolicyRun
     model, optimizer, scheduler = dist.prepare(student, optimizer, scheduler)
     return OnPolicyRun(
         model=model, tokenizer=tok, engine=dist.rollout_engine(engine, model),
-        sampler=dist.shard(sampler, cfg.sampling.prompts_per_step), objective=MOPDObjective(router, cfg.algorithm),
+        sampler=dist.shard(sampler, cfg.sampling.prompts_per_step), objective=objective,
         optimizer=optimizer, scheduler=scheduler, sampling=cfg.sampling, optim=cfg.optim,
         output_dir=Path(output_dir or cfg.output_dir), checkpoint=cfg.checkpoint, logging=cfg.logging,
-        verifiers=verifiers, seed=dist.rank_seed(cfg.seed), name="mopd", run_config=cfg.model_dump(), dist=dist,
-        mixture=mixture_adapter(cfg.sampling.mixture, {d.name: d.weight for d in cfg.domains}),
+        verifiers=verifiers, verification=cfg.verifier, seed=dist.rank_seed(cfg.seed), name=name or cfg.objective, run_config=cfg.model_dump(),
+        dist=dist, mixture=mixture_adapter(cfg.sampling.mixture, {d.name: d.weight for d in cfg.domains}),
     )

@@ -69,7 +69,7 @@ def test_output_dir_that_is_a_file(tmp_path, monkeypatch, where):
     def no_models(*args, **kwargs):
         raise AssertionError("the models were built before the output_dir was checked")
 
-    monkeypatch.setattr(mopd.build, "build_mopd_run", no_models)
+    monkeypatch.setattr(mopd.build, "build_run", no_models)
     taken = tmp_path / "results"
     taken.write_text("the user's own notes\n")
     out = taken if where == "file" else taken / "run1"

@@ -10,7 +10,7 @@ import torch
 from faultkit import TeacherStub, free_port, run_data, teacher_dir
 from transformers import AutoModelForCausalLM
 
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
 from mopd.models.compat import TokenizerMismatch
@@ -121,25 +121,25 @@ def remote_config(tmp_path, url, out="run", **teacher):
 
 def test_a_dead_or_mismatched_remote_teacher_fails_before_training(tmp_path):
     with pytest.raises(TeacherError, match="is the server running"):
-        build_mopd_run(remote_config(tmp_path, f"http://127.0.0.1:{free_port()}"))
+        build_run(remote_config(tmp_path, f"http://127.0.0.1:{free_port()}"))
     assert not (tmp_path / "run").exists()  # nothing was started
     other = char_tokenizer("abcdefghij0123456789")
     save_pretrained(tiny_model(other, hidden_size=16, num_layers=1, num_heads=2), other, tmp_path / "other")
     with TeacherStub() as stub:
         with pytest.raises(TokenizerMismatch, match="teacher 't'.*vocabularies differ"):
-            build_mopd_run(remote_config(tmp_path, stub.url, tokenizer=str(tmp_path / "other")))
-        build_mopd_run(remote_config(tmp_path, stub.url, tokenizer=str(teacher_dir(tmp_path))))  # same: fine
+            build_run(remote_config(tmp_path, stub.url, tokenizer=str(tmp_path / "other")))
+        build_run(remote_config(tmp_path, stub.url, tokenizer=str(teacher_dir(tmp_path))))  # same: fine
 
 
 def test_distillation_through_the_server_stops_on_failure_and_resumes(tmp_path):
     """Remote == in-process teacher in a real run; a teacher outage stops the run without
     applying anything, saves the state before the failed step, and --resume redoes that step."""
     model = AutoModelForCausalLM.from_pretrained(teacher_dir(tmp_path))
-    local = build_mopd_run(load_config(None, RunConfig, data=run_data(
+    local = build_run(load_config(None, RunConfig, data=run_data(
         tmp_path / "local", {"model": {"path": str(teacher_dir(tmp_path))}})))
     run_onpolicy(local)
     with TeacherStub(model) as stub:
-        run = build_mopd_run(remote_config(tmp_path, stub.url))
+        run = build_run(remote_config(tmp_path, stub.url))
         run_onpolicy(run, stop_at=1)
         after_one = {k: v.clone() for k, v in run.model.state_dict().items()}
         stub.default = "fail"
@@ -151,7 +151,7 @@ def test_distillation_through_the_server_stops_on_failure_and_resumes(tmp_path):
         assert saved.name == "step-000001"
         assert load_trainer_state(saved)["sampler"]["drawn"] == {"rev": 3, "sort": 1}  # step 2 not consumed
         stub.default = "ok"
-        resumed = build_mopd_run(remote_config(tmp_path, stub.url))
+        resumed = build_run(remote_config(tmp_path, stub.url))
         run_onpolicy(resumed, resume=True)
     a, b = local.model.state_dict(), resumed.model.state_dict()
     assert resumed.step == 4

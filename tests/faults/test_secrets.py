@@ -7,7 +7,7 @@ import pytest
 from faultkit import TeacherStub, run_data, teacher_dir
 from transformers import AutoModelForCausalLM
 
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import ConfigError, load_config
 from mopd.config.schema import ModelSpec, RunConfig
 from mopd.models import loading
@@ -30,7 +30,7 @@ def test_api_key_is_sent_as_bearer_and_never_logged_printed_or_saved(tmp_path, m
                                                      logging={"progress": False, "tensorboard": True}))
     with TeacherStub(model) as stub, caplog.at_level(logging.DEBUG):
         cfg.teachers[0].url = stub.url
-        run = build_mopd_run(cfg)
+        run = build_run(cfg)
         run_onpolicy(run, stop_at=2)
         assert all(r["headers"]["Authorization"] == f"Bearer {KEY}" for r in stub.requests)
         teacher = run.objective.router.teachers["t"]
@@ -82,5 +82,5 @@ def test_trust_remote_code_is_off_unless_the_config_turns_it_on(tmp_path, monkey
     assert cfg.teachers[0].model.trust_remote_code is False
     seen.clear()
     with pytest.raises(RuntimeError, match="stop here"):
-        build_mopd_run(cfg)
+        build_run(cfg)
     assert seen == [("tokenizer", "some/model", False)]

@@ -16,7 +16,8 @@ from mopd.domains.registry import build_domain
 from mopd.verifiers.sandbox import run_python
 from mopd.training.loop import run_onpolicy
 from mopd.training.overlap import step_generator
-from mopd.rollout.sample import collect_rollouts, safe_reward
+from mopd.rollout.sample import collect_rollouts
+from mopd.verifiers.safe_reward import safe_reward
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -37,13 +38,13 @@ def test_flaky_verifier_gives_reward_0_and_the_run_goes_on(tmp_path, caplog):
     (tmp_path / "flaky.py").write_text(FLAKY)
     data = run_data(tmp_path / "run", {"kind": "self"}, steps=2)
     data["domains"] = [{"name": "flaky", "teacher": "t", "prompts": {"builtin": f"python:{tmp_path / 'flaky.py'}"}}]
-    data["sampling"].update(verifier_timeout_s=0.3)
+    data["verifier"] = {"timeout_s": 0.3}
     run = build_run(load_config(None, RunConfig, data=data))
     examples = run.sampler.next_batch(4)
     t0 = time.perf_counter()
     with caplog.at_level(logging.WARNING, "mopd.training"):
         rollouts = collect_rollouts(run.engine, run.tokenizer, examples, run.sampling, run.verifiers,
-                                    step_generator(0, 0))
+                                    step_generator(0, 0), run.verification)
     assert time.perf_counter() - t0 < 5  # not 60 s: the hanging call is abandoned
     assert {r.example.prompt: r.reward for r in rollouts} == {"raise": 0.0, "hang": 0.0, "nan": 0.0, "fine": 1.0}
     assert "raised ZeroDivisionError('verifier bug'); reward 0" in caplog.text

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import load_config
-from mopd.config.schema import RunConfig, SamplingConfig
+from mopd.config.schema import RunConfig
 from mopd.data.adaptive import MixtureAdapter
 from mopd.data.mixture import MixtureSampler
 from mopd.domains.base import Example
@@ -53,8 +53,13 @@ def test_gap_shares_follow_the_reverse_kl_with_a_floor():
 
 
 def test_adaptive_mixture_with_ahead_is_refused():
+    from mopd.config.schema import RunConfig
+
+    run = {"student": {"tiny": {}}, "teachers": [{"name": "t", "kind": "self"}], "rollout": {"engine": "vllm"},
+           "domains": [{"name": "d", "prompts": {"builtin": "reversal"}, "teacher": "t"}]}
     with pytest.raises(ValueError, match="sampling.ahead: 0"):
-        SamplingConfig(ahead=1, mixture={"mode": "tokens"})
+        RunConfig.model_validate({**run, "sampling": {"ahead": 1, "mixture": {"mode": "tokens"}}})
+    RunConfig.model_validate({**run, "sampling": {"ahead": 1}})  # fixed shares: fine
 
 
 def config(tmp_path, out):
@@ -76,14 +81,14 @@ def config(tmp_path, out):
 
 
 def test_a_run_logs_its_shares_and_resumes_exactly(tmp_path):
-    straight = build_mopd_run(config(tmp_path, "straight"))
+    straight = build_run(config(tmp_path, "straight"))
     last = run_onpolicy(straight)
     shares = {k: v for k, v in last.items() if k.startswith("mixture_weight/")}
     assert set(shares) == {"mixture_weight/rev", "mixture_weight/add"}
     assert sum(shares.values()) == pytest.approx(1.0) and shares["mixture_weight/rev"] != pytest.approx(0.5)
-    first = build_mopd_run(config(tmp_path, "split"))
+    first = build_run(config(tmp_path, "split"))
     run_onpolicy(first, stop_at=3)
-    second = build_mopd_run(config(tmp_path, "split"))
+    second = build_run(config(tmp_path, "split"))
     run_onpolicy(second, resume=True)
     assert second.sampler.shares == straight.sampler.shares
     a, b = straight.model.state_dict(), second.model.state_dict()

@@ -186,6 +186,21 @@ def test_ahead_needs_an_engine_with_its_own_weights(tmp_path):
     run.dist = type("TwoRanks", (), {"world": 2})()
     with pytest.raises(ValueError, match="single training process"):
         check_can_run_ahead(run)
+    run.dist = type("OneRank", (), {"world": 1})()
+    run.objective.corrects_stale_samples = False  # a run built in code, without the IS correction
+    with pytest.raises(ValueError, match="algorithm.is_correction"):
+        check_can_run_ahead(run)
+
+
+def test_the_config_refuses_ahead_by_the_same_rules(tmp_path):
+    """One set of rules (mopd.config.ahead): the config names each problem before anything is built."""
+    from mopd.config.load import ConfigError
+
+    with pytest.raises(ConfigError, match="algorithm.is_correction"):
+        config(tmp_path, engine="vllm", algorithm={"is_correction": None})
+    with pytest.raises(ConfigError, match="mixture.mode"):
+        config(tmp_path, engine="vllm", sampling={"prompts_per_step": 6, "ahead": 1, "mixture": {"mode": "tokens"}})
+    assert config(tmp_path, engine="vllm").sampling.ahead == 1  # the same settings, vLLM, IS on: accepted
 
 
 class DeferringEngine(CopyingEngine):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mopd.models.logprobs import token_logprobs
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import ConfigError, load_config
 from mopd.config.schema import RunConfig
 from mopd.data.mixture import MixtureSampler
@@ -176,7 +176,7 @@ def test_bf16_autocast_trains_on_the_cpu_and_settings_can_change(tmp_path):
     data = {**base(device="cpu", mixed_precision="bf16"), "output_dir": str(tmp_path / "bf16"),
             "sampling": {"prompts_per_step": 4, "max_new_tokens": 4}, "optim": {"steps": 2, "lr": 1e-3},
             "logging": {"progress": False}}
-    run = build_mopd_run(load(data))
+    run = build_run(load(data))
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     with run.dist.autocast():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
@@ -186,6 +186,6 @@ def test_bf16_autocast_trains_on_the_cpu_and_settings_can_change(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in after)
     assert last["grad_norm"] > 0
     # Another run in the same process with other settings gets accelerate state of its own.
-    plain = build_mopd_run(load({**data, "distributed": {"device": "cpu"}, "output_dir": str(tmp_path / "no")}))
+    plain = build_run(load({**data, "distributed": {"device": "cpu"}, "output_dir": str(tmp_path / "no")}))
     with plain.dist.autocast():
         assert not torch.is_autocast_enabled("cpu")

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mopd.models.logprobs import token_logprobs
-from mopd.build import build_model, build_mopd_run, build_teacher
+from mopd.build import build_model, build_run, build_teacher
 from mopd.cli import app
 from mopd.config.load import ConfigError, load_config
 from mopd.config.schema import ModelSpec, RunConfig, TeacherConfig
@@ -130,7 +130,7 @@ def q_weight(peft_model):
 
 
 def test_a_step_changes_only_the_adapter(tmp_path):
-    run = build_mopd_run(config(tmp_path, "one", optim={"steps": 1, "lr": 1e-2}))
+    run = build_run(config(tmp_path, "one", optim={"steps": 1, "lr": 1e-2}))
     teacher = run.objective.router.teachers["base"]  # as built for a run: no copy there either
     assert q_weight(teacher.model).data_ptr() == q_weight(run.model).data_ptr()
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
@@ -141,13 +141,13 @@ def test_a_step_changes_only_the_adapter(tmp_path):
 
 
 def test_resume_equals_straight_run_and_final_adapter_is_readable(tmp_path):
-    straight = build_mopd_run(config(tmp_path, "straight"))
+    straight = build_run(config(tmp_path, "straight"))
     run_onpolicy(straight)
-    first = build_mopd_run(config(tmp_path, "split"))
+    first = build_run(config(tmp_path, "split"))
     run_onpolicy(first, stop_at=3)
     ckpt = latest_checkpoint(tmp_path / "split" / "checkpoints")
     assert (ckpt / "adapter_model.safetensors").is_file() and not (ckpt / "model.safetensors").exists()
-    second = build_mopd_run(config(tmp_path, "split"))
+    second = build_run(config(tmp_path, "split"))
     run_onpolicy(second, resume=True)
     a, b = straight.model.state_dict(), second.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -189,3 +189,25 @@ def test_fsdp2_and_deepspeed_are_refused_with_the_reason(tmp_path):
     for dist in (SimpleNamespace(fsdp2=True, deepspeed=False), SimpleNamespace(fsdp2=False, deepspeed=True)):
         with pytest.raises(ValueError, match="not yet under FSDP2 or DeepSpeed"):
             check_lora_backend(cfg, dist)
+
+
+def test_dora_with_the_vllm_engine_is_refused_before_anything_loads(tmp_path):
+    """vLLM samples from merged weights and DoRA's merge is not implemented: refused at build time,
+    inline (`use_dora: true`) or in an existing adapter's own config, not at the first push."""
+    from types import SimpleNamespace
+
+    from mopd.build import check_lora_backend
+
+    one = SimpleNamespace(fsdp2=False, deepspeed=False)
+    dora = config(tmp_path, "x", student={**STUDENT, "lora": {**LORA, "use_dora": True}},
+                  rollout={"engine": "vllm"})
+    with pytest.raises(ValueError, match="use_dora"):
+        check_lora_backend(dora, one)
+    check_lora_backend(config(tmp_path, "x", rollout={"engine": "vllm"}), one)  # plain LoRA: fine
+    check_lora_backend(config(tmp_path, "x", student={**STUDENT, "lora": {**LORA, "use_dora": True}}), one)  # hf
+    model, _ = build_model(ModelSpec(tiny={"seed": 1}, lora={**LORA, "use_dora": True}))
+    model.save_pretrained(tmp_path / "dora")
+    saved = config(tmp_path, "x", student={"tiny": {"seed": 1}, "lora": {"path": str(tmp_path / "dora")}},
+                   rollout={"engine": "vllm"})
+    with pytest.raises(ValueError, match="use_dora"):
+        check_lora_backend(saved, one)

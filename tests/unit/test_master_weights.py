@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.schema import OptimConfig
 from mopd.training.loop import run_onpolicy
 from mopd.distributed.master_weights import MasterWeightsAdamW, wants_master_weights
@@ -112,13 +112,13 @@ def bf16_config(tmp_path, out):
 
 
 def test_bf16_run_trains_and_resumes_through_its_master_weights(tmp_path):
-    straight = build_mopd_run(bf16_config(tmp_path, "straight"))
+    straight = build_run(bf16_config(tmp_path, "straight"))
     assert isinstance(straight.optimizer.optimizer, MasterWeightsAdamW)  # inside accelerate's wrapper
     init = {k: v.clone() for k, v in straight.model.state_dict().items()}
     run_onpolicy(straight)
-    first = build_mopd_run(bf16_config(tmp_path, "split"))
+    first = build_run(bf16_config(tmp_path, "split"))
     run_onpolicy(first, stop_at=3)
-    second = build_mopd_run(bf16_config(tmp_path, "split"))
+    second = build_run(bf16_config(tmp_path, "split"))
     run_onpolicy(second, resume=True)
     a, b = straight.model.state_dict(), second.model.state_dict()
     assert all(v.dtype == torch.bfloat16 for v in a.values())

@@ -3,7 +3,7 @@ straight run with the same seed."""
 
 import torch
 
-from mopd.build import build_mopd_run
+from mopd.build import build_run
 from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
 from mopd.models.loading import save_pretrained
@@ -33,19 +33,19 @@ def config(tmp_path, out):
 
 
 def test_split_run_with_resume_matches_straight_run(tmp_path):
-    straight = build_mopd_run(config(tmp_path, "straight"))
+    straight = build_run(config(tmp_path, "straight"))
     run_onpolicy(straight)
 
-    first = build_mopd_run(config(tmp_path, "split"))
+    first = build_run(config(tmp_path, "split"))
     run_onpolicy(first, stop_at=3)  # stopped off the checkpoint grid: it saves where it stopped
     assert latest_checkpoint(tmp_path / "split" / "checkpoints").name == "step-000003"
-    second = build_mopd_run(config(tmp_path, "split"))
+    second = build_run(config(tmp_path, "split"))
     run_onpolicy(second, resume=True)
     assert second.step == 6
 
     a, b = straight.model.state_dict(), second.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    init = build_mopd_run(config(tmp_path, "fresh")).model.state_dict()
+    init = build_run(config(tmp_path, "fresh")).model.state_dict()
     assert not all(torch.equal(a[k], init[k]) for k in a)  # training did move the weights
     # keep=2: only the newest two checkpoints stay
     assert [p.name for p in list_checkpoints(tmp_path / "split" / "checkpoints")] == ["step-000004", "step-000006"]

@@ -55,3 +55,18 @@ def test_a_stage_config_written_beside_the_stage_is_a_distill_config(tmp_path, m
     stages.onpolicy(run_cfg, "teacher sorting")
     saved = load_config(Path(tmp_path / "t" / "run_config.json"), RunConfig, [])
     assert saved == built[0] == run_cfg
+
+
+def test_the_pipelines_precision_reaches_every_stage_with_paths_kept(tmp_path):
+    cfg = micro("precision=bf16")
+    run = stage_run_config(cfg, cfg.mopd, "init", {"reversal": 1.0}, tmp_path, {"reversal": "t_rev"})
+    assert (run.student.path, run.student.dtype, run.optim.master_weights) == ("init", "bfloat16", True)
+    assert (run.teachers[0].model.path, run.teachers[0].model.dtype) == ("t_rev", "bfloat16")
+    assert run.optim.lr == cfg.mopd.optim.lr and run.sampling == cfg.mopd.sampling
+
+
+def test_the_example_pipeline_file_is_the_tiny_preset_written_out():
+    path = Path(__file__).parents[2] / "examples" / "pipeline_two_domains.yaml"
+    written = load_config(path, PipelineConfig, ["output_dir=runs/demo"])
+    preset = PRESETS["tiny"]().model_copy(update={"output_dir": "runs/demo"})
+    assert written == preset

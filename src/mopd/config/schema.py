@@ -10,6 +10,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from mopd.config.ahead import ahead_problem
+from mopd.config.precision import Precision, apply_precision
+
 # Re-exported: the model sections live in mopd.config.models; the run config is built here.
 from mopd.config.models import (DType, ModelSpec, RolloutConfig, Strict, TeacherConfig,  # noqa: F401
                                 TinyModel, VLLMOptions)
@@ -107,27 +110,24 @@ class SamplingConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(32, gt=0)
     max_prompt_tokens: int = Field(256, gt=0)
-    # A verifier that hangs on one sample gives it reward 0 after this long; the run goes on.
-    verifier_timeout_s: float = Field(30.0, gt=0)
     # Generate each step's prompts in this many chunks; teachers score a finished chunk while
     # the next one generates (mopd.training.overlap). 1: generate everything, then score.
     overlap_chunks: int = Field(1, gt=0)
-    # "thread": a hung verifier is abandoned (cheap; cannot stop one stuck in C code).
-    # "process": each call runs in a forked child that is killed at the timeout.
-    verifier_isolation: Literal["thread", "process"] = "thread"
     # 1: sample and score the next step's batch while this step's update runs (mopd.training.ahead).
     # Each batch is then one update behind the student; the IS correction weighs that in. Needs a
     # rollout engine with its own weights (vllm). 0: strictly on-policy.
     ahead: int = Field(0, ge=0, le=1)
     mixture: MixtureConfig = Field(default_factory=MixtureConfig)
 
-    @model_validator(mode="after")
-    def _mixture_is_on_policy(self) -> "SamplingConfig":
-        if self.ahead and self.mixture.mode != "fixed":
-            # The next batch is drawn before this step's metrics exist: shares would change a step
-            # later than in a resumed run, which must draw what the straight run drew.
-            raise ValueError("sampling.mixture.mode other than 'fixed' needs sampling.ahead: 0")
-        return self
+
+class VerifierConfig(Strict):
+    """How domain verifiers are called on the student's completions (mopd.verifiers.safe_reward)."""
+
+    # A verifier that hangs on one sample gives it reward 0 after this long; the run goes on.
+    timeout_s: float = Field(30.0, gt=0)
+    # "thread": a hung verifier is abandoned (cheap; cannot stop one stuck in C code).
+    # "process": each call runs in a forked child that is killed at the timeout.
+    isolation: Literal["thread", "process"] = "thread"
 
 
 class OptimConfig(Strict):
@@ -199,17 +199,26 @@ class RunConfig(Strict):
     # mopd: each domain's teachers score every token (reverse KL). grpo: each domain's verifier
     # rewards whole rollouts, group-normalised (the domain teachers and the RL baselines).
     objective: Literal["mopd", "grpo"] = "mopd"
+    # One coherent choice of every dtype (mopd.config.precision): float32, bf16-mixed, bf16,
+    # fp16-mixed or auto (by what this machine computes natively); null: the keys as written.
+    precision: Precision | None = None
     student: ModelSpec
     teachers: list[TeacherConfig] = Field(default_factory=list)
     domains: list[DomainConfig] = Field(min_length=1)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     teacher_pool: TeacherPoolConfig = Field(default_factory=TeacherPoolConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precision(cls, data):
+        return apply_precision(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _routing(self) -> "RunConfig":
@@ -224,13 +233,10 @@ class RunConfig(Strict):
         check_routes(self)
         if sum(d.weight for d in self.domains) <= 0:
             raise ValueError("domain mixture weights sum to zero: give at least one domain a weight > 0")
-        if self.sampling.ahead and self.rollout.engine == "hf":
-            raise ValueError("sampling.ahead: 1 needs rollout.engine 'vllm' (its own copy of the weights); "
-                             "the 'hf' engine samples from the parameters the update is changing")
-        if self.sampling.ahead and self.algorithm.is_correction is None:
-            raise ValueError("sampling.ahead: 1 trains on batches sampled one update behind the student; "
-                             "without algorithm.is_correction nothing corrects for that. Set "
-                             "algorithm.is_correction (e.g. {eps_low: 0.5, eps_high: 2.0}) or sampling.ahead: 0")
+        if self.sampling.ahead and (problem := ahead_problem(
+                engine_shares_weights=self.rollout.engine == "hf", is_correction=self.algorithm.is_correction is not None,
+                mixture_mode=self.sampling.mixture.mode, self_teacher_on_lora=self_teacher_on_lora(self))):
+            raise ValueError(problem)
         check_outcome_term(self.algorithm, self.sampling.rollouts_per_prompt, "sampling.rollouts_per_prompt")
         check_self_teacher_on_lora(self)
         return self
@@ -258,15 +264,17 @@ def check_routes(cfg: RunConfig) -> None:
         raise ValueError(f"teachers {unused} are used by no domain: remove them or route a domain to them")
 
 
-def check_self_teacher_on_lora(cfg: RunConfig) -> None:
+def self_teacher_on_lora(cfg: RunConfig) -> bool:
     """A 'self' teacher of a LoRA student is the student with its adapter switched off: it must
     not score while the same model samples or trains, which overlap and ahead would make it do."""
-    if cfg.student.lora is None or not any(t.kind == "self" for t in cfg.teachers):
-        return
-    if (cfg.sampling.overlap_chunks > 1 and cfg.rollout.engine == "hf") or cfg.sampling.ahead:
+    return cfg.student.lora is not None and any(t.kind == "self" for t in cfg.teachers)
+
+
+def check_self_teacher_on_lora(cfg: RunConfig) -> None:
+    if self_teacher_on_lora(cfg) and cfg.sampling.overlap_chunks > 1 and cfg.rollout.engine == "hf":
         raise ValueError("a 'self' teacher of a LoRA student scores with the student's own weights (adapter "
-                         "off), so it cannot run beside sampling from them or the update: set sampling.ahead: 0, "
-                         "and sampling.overlap_chunks: 1 with rollout.engine 'hf'")
+                         "off), so it cannot run beside sampling from them: set sampling.overlap_chunks: 1 with "
+                         "rollout.engine 'hf'")
 
 
 def check_outcome_term(algo: AlgorithmConfig, rollouts_per_prompt: int, key: str) -> None:

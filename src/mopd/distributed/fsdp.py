@@ -63,6 +63,9 @@ class GatheredRollouts(RolloutEngine):
     def ready(self) -> None:
         self.engine.ready()
 
+    def close(self) -> None:
+        self.engine.close()
+
 
 class _FullModel:
     """The student with its gathered state dict: `save_pretrained` writes the whole model."""

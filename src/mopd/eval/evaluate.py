@@ -11,7 +11,8 @@ from mopd.domains.base import Example
 from mopd.envs.base import episode_source
 from mopd.eval.episodes import mean_episode_reward
 from mopd.rollout.hf_engine import HFRolloutEngine
-from mopd.rollout.sample import Verifier, eos_ids, safe_reward
+from mopd.rollout.sample import eos_ids
+from mopd.verifiers.safe_reward import Verifier, safe_reward
 
 GREEDY_TEMPERATURE = 1e-5  # sampling at this temperature is argmax up to exact ties
 

@@ -3,8 +3,7 @@ where it is emulated.
 
 On x86 CPUs without AVX-512 BF16 or AMX, PyTorch's and vLLM's bf16 matmuls are emulated: a
 bf16 setting that is mopd's fastest on a CPU with native bf16 is then many times slower than
-float32 (measured on an AVX2-only AMD EPYC: 106-118 s per benchmark step against 3.6-3.9 s on
-one with AVX-512 BF16). Nothing fails, so without a warning the user only sees a slow run.
+float32 (docs/benchmarks.md). Nothing fails, so without a warning the user only sees a slow run.
 """
 
 from __future__ import annotations

@@ -45,6 +45,9 @@ class Objective(ABC):
     # be scored chunk by chunk, while later chunks generate, and the pieces stacked with
     # `concat_signals`. False (GRPO: whole-batch token counts): `score` sees the whole batch.
     rowwise: bool = False
+    # Whether the loss weighs tokens by pi_student / pi_sampler (algorithm.is_correction): what a
+    # batch sampled one update behind the student (sampling.ahead) needs.
+    corrects_stale_samples: bool = False
 
     @abstractmethod
     def score(self, rollouts: list[Rollout], batch: TokenBatch) -> dict[str, torch.Tensor]:

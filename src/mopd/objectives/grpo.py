@@ -22,6 +22,7 @@ class GRPOObjective(Objective):
 
     def __init__(self, is_correction: ISCorrection | None = None, dynamic_sampling: bool = True):
         self.is_correction = is_correction
+        self.corrects_stale_samples = is_correction is not None
         self.dynamic_sampling = dynamic_sampling
 
     def score(self, rollouts: list[Rollout], batch: TokenBatch) -> dict[str, torch.Tensor]:

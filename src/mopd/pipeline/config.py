@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from mopd.config.precision import Precision
 from mopd.config.schema import (AlgorithmConfig, DistributedConfig, ModelSpec, OptimConfig, RolloutConfig, SamplingConfig,
-                                Strict, TeacherPoolConfig, TinyModel, check_outcome_term)
+                                Strict, TeacherPoolConfig, TinyModel, VerifierConfig, check_outcome_term)
 
 
 class PipelineDomain(Strict):
@@ -73,6 +74,8 @@ class PipelineConfig(Strict):
     # Shared by every on-policy stage, as in a `mopd distill` config: the rollout engine (hf or
     # vllm), how many local teachers stay loaded, the device and mixed precision.
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    precision: Precision | None = None  # every on-policy stage's dtypes, as in a run config
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig)  # timeouts and isolation of verifiers
     teacher_pool: TeacherPoolConfig = Field(default_factory=TeacherPoolConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     baselines: list[str] = Field(default_factory=lambda: ["mix_rl", "cascade_rl", "offpolicy", "merge_avg",

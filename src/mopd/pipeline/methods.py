@@ -13,11 +13,12 @@ from mopd.data.prompts import render_prompt
 from mopd.domains.base import Example
 from mopd.envs.base import episode_source
 from mopd.pipeline.config import PipelineConfig
-from mopd.pipeline.stages import (Domains, StageResult, close_engine, evaluate, finish, load, onpolicy, release,
+from mopd.pipeline.stages import (Domains, StageResult, evaluate, finish, load, onpolicy, release,
                                   sampling_engine, stage_run_config, train_with_curve)
 from mopd.models.loading import save_pretrained
 from mopd.rollout.episodes import run_episodes
 from mopd.rollout.types import Rollout
+from mopd.verifiers.safe_reward import safe_reward
 from mopd.training.loop import run_onpolicy
 from mopd.training.sft import SFTSettings, run_sft
 
@@ -113,7 +114,7 @@ def offpolicy(cfg: PipelineConfig, doms: Domains, init_dir: str, teacher_dirs: d
         prompts = [pool[i % len(pool)] for i in range(n)]
         for s in range(0, n, 128):
             kept += _verified_samples(engine, tok, prompts[s:s + 128], cfg, gen, doms.verifiers[d])
-        close_engine(engine)
+        engine.close()
     model, tok = load(init_dir)
     o = cfg.offpolicy
     if kept:
@@ -134,7 +135,7 @@ def _verified_samples(engine, tok, chunk: list[Example], cfg: PipelineConfig, ge
     outs = engine.generate([render_prompt(e, tok) for e in chunk], cfg.mopd.sampling.max_new_tokens, 1.0, gen)
     for e, c in zip(chunk, outs):
         text = tok.decode(c.token_ids, skip_special_tokens=True)
-        if c.finished and verifier(text, e) > 0:
+        if c.finished and safe_reward(verifier, text, e, cfg.verifier.timeout_s, cfg.verifier.isolation) > 0:
             kept.append(Example(domain=e.domain, prompt=e.prompt, messages=e.messages, answer=text))
     return kept
 

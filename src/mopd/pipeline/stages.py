@@ -21,7 +21,8 @@ from mopd.domains.registry import build_domain
 from mopd.eval.evaluate import evaluate_domain
 from mopd.models.loading import load_model, load_tokenizer, save_pretrained
 from mopd.pipeline.config import PipelineConfig, RLStage
-from mopd.training.loop import OnPolicyRun, run_onpolicy
+from mopd.training.loop import run_onpolicy
+from mopd.training.run import OnPolicyRun
 
 Scores = dict[str, dict[str, float]]  # domain -> {"greedy", "pass_at_1"}
 
@@ -111,8 +112,9 @@ def stage_run_config(cfg: PipelineConfig, stage: RLStage, student_dir: str, weig
         algorithm = AlgorithmConfig(is_correction=None)
     optim = stage.optim if steps is None else stage.optim.model_copy(update={"steps": steps})
     return RunConfig(output_dir=str(out), seed=cfg.seed, objective="mopd" if teacher_dirs else "grpo",
+                     precision=cfg.precision,
                      student=ModelSpec(path=student_dir), teachers=teachers, domains=domains, algorithm=algorithm,
-                     sampling=stage.sampling, optim=optim, checkpoint=CheckpointConfig(every=0, keep=1),
+                     sampling=stage.sampling, verifier=cfg.verifier, optim=optim, checkpoint=CheckpointConfig(every=0, keep=1),
                      logging=LoggingConfig(progress=True), rollout=cfg.rollout, teacher_pool=cfg.teacher_pool,
                      distributed=cfg.distributed)
 
@@ -129,7 +131,7 @@ def onpolicy(run_cfg: RunConfig, name: str) -> OnPolicyRun:
 def release(run: OnPolicyRun):
     """Stop the stage's rollout engine and teachers now (an in-process vLLM engine holds memory and
     must be gone before the next stage starts its own); returns the trained model."""
-    close_engine(run.engine)  # the stage's teachers are transformers models: nothing to stop
+    run.engine.close()  # the stage's teachers are transformers models: nothing to stop
     return run.dist.unwrap(run.model)
 
 
@@ -141,11 +143,6 @@ def sampling_engine(cfg: PipelineConfig, model, tok):
     engine.sync_weights(model)
     return engine
 
-
-def close_engine(engine) -> None:
-    close = getattr(engine, "close", None)
-    if close is not None:
-        close()
 
 
 def train_with_curve(run: OnPolicyRun, points: int, on_point: Callable[[], Scores] | None,

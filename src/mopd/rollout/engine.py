@@ -57,6 +57,10 @@ class RolloutEngine(ABC):
     def ready(self) -> None:
         """Take the weights left pending by `defer_weights` now. Default: nothing is pending."""
 
+    def close(self) -> None:
+        """Free what the engine holds beyond the trainer's model (an in-process vLLM engine and
+        its memory) now, before the next run of the process starts its own. Default: nothing."""
+
 
 def stop_token_ids(eos_ids: list[int] | int) -> list[int]:
     """The ids that end a completion (included in it), as a list."""

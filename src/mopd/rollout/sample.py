@@ -6,14 +6,14 @@ import logging
 
 import torch
 
-from mopd.config.schema import SamplingConfig
+from mopd.config.schema import SamplingConfig, VerifierConfig
 from mopd.data.prompts import render_prompt
 from mopd.domains.base import Example
 from mopd.envs.base import episode_source
 from mopd.rollout.engine import RolloutEngine
 from mopd.rollout.episodes import run_episodes
 from mopd.rollout.types import Rollout
-from mopd.verifiers.safe_reward import DEFAULT_VERIFIER_TIMEOUT_S, Verifier, safe_reward  # noqa: F401
+from mopd.verifiers.safe_reward import Verifier, safe_reward
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,10 @@ def eos_ids(tokenizer, model=None) -> list[int]:
 
 
 def collect_rollouts(engine: RolloutEngine, tokenizer, examples: list[Example], sampling: SamplingConfig,
-                     verifiers: dict[str, Verifier], generator: torch.Generator | None = None) -> list[Rollout]:
+                     verifiers: dict[str, Verifier], generator: torch.Generator | None = None,
+                     settings: VerifierConfig | None = None) -> list[Rollout]:
     rollouts = generate_rollouts(engine, tokenizer, examples, sampling, generator)
-    verify_rollouts(rollouts, verifiers, sampling)
+    verify_rollouts(rollouts, verifiers, settings or VerifierConfig())
     return rollouts
 
 
@@ -56,10 +57,9 @@ def generate_rollouts(engine: RolloutEngine, tokenizer, examples: list[Example],
     return sorted(single + episodes, key=lambda r: r.group)  # stable: a group's rollouts stay in order
 
 
-def verify_rollouts(rollouts: list[Rollout], verifiers: dict[str, Verifier], sampling: SamplingConfig) -> None:
+def verify_rollouts(rollouts: list[Rollout], verifiers: dict[str, Verifier], settings: VerifierConfig) -> None:
     """Set each rollout's reward from its domain's verifier (domains without one keep None)."""
     for r in rollouts:
         verifier = verifiers.get(r.domain)
         if verifier is not None and r.episode is None:  # an episode's reward is its environment's
-            r.reward = safe_reward(verifier, r.text, r.example, sampling.verifier_timeout_s,
-                                   sampling.verifier_isolation)
+            r.reward = safe_reward(verifier, r.text, r.example, settings.timeout_s, settings.isolation)

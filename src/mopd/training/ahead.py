@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mopd.config.ahead import ahead_problem
 from mopd.teachers.base import TeacherError
 from mopd.training.overlap import Sampled
 from mopd.training.run import OnPolicyRun
@@ -45,16 +46,13 @@ class Prefetched:
 
 
 def check_can_run_ahead(run: OnPolicyRun) -> None:
-    """Fail before the first step when `sampling.ahead` cannot work with this run."""
-    if not run.sampling.ahead:
-        return
-    if run.engine.shares_trainer_weights:
-        raise ValueError("sampling.ahead: 1 needs a rollout engine with its own copy of the weights "
-                         "(rollout.engine: vllm); the 'hf' engine samples from the very parameters the "
-                         "update is changing")
-    if run.dist.world > 1:
-        raise ValueError("sampling.ahead: 1 runs in a single training process for now; "
-                         "use sampling.ahead: 0 with several processes")
+    """Fail before the first step when `sampling.ahead` cannot work with this run as built (the
+    config's rules, mopd.config.ahead, with the built engine and the real process count)."""
+    if run.sampling.ahead and (problem := ahead_problem(
+            engine_shares_weights=run.engine.shares_trainer_weights, world=run.dist.world,
+            is_correction=run.objective.corrects_stale_samples,
+            mixture_mode=run.sampling.mixture.mode)):
+        raise ValueError(problem)
 
 
 class RunAhead:

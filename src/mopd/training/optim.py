@@ -15,7 +15,7 @@ def build_optimizer(model, cfg: OptimConfig, own_master_weights: bool = False):
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    # The fused kernel is ~4x faster than the per-tensor loop on a CPU (benchmarks/profile_step.py)
+    # The fused kernel is several times faster than the per-tensor loop on a CPU (benchmarks/profile_step.py)
     # and exists for floating-point tensors on CPU and CUDA (DTensor shards of FSDP2 included).
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     master = wants_master_weights(params, cfg.master_weights, own_master_weights)

@@ -80,7 +80,7 @@ def sample_and_score(run: OnPolicyRun, examples: list[Example], overlap: bool | 
     stream = torch.cuda.Stream() if overlap and torch.cuda.is_available() else None
 
     def score(rollouts: list[Rollout]) -> tuple[TokenBatch, dict[str, torch.Tensor]]:
-        verify_rollouts(rollouts, run.verifiers, s)
+        verify_rollouts(rollouts, run.verifiers, run.verification)
         batch = collate(rollouts, run.tokenizer.pad_token_id, domains)
         t = time.perf_counter()
         with torch.cuda.stream(stream):  # None: a no-op

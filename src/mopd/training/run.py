@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from mopd.config.schema import CheckpointConfig, LoggingConfig, OptimConfig, SamplingConfig
+from mopd.config.schema import CheckpointConfig, LoggingConfig, OptimConfig, SamplingConfig, VerifierConfig
 from mopd.data.adaptive import MixtureAdapter
 from mopd.data.mixture import MixtureSampler
 from mopd.distributed.runtime import Local
 from mopd.objectives.base import Objective
 from mopd.rollout.engine import RolloutEngine
-from mopd.rollout.sample import Verifier
+from mopd.verifiers.safe_reward import Verifier
 
 
 @dataclass
@@ -35,6 +35,7 @@ class OnPolicyRun:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     verifiers: dict[str, Verifier] = field(default_factory=dict)
+    verification: VerifierConfig = field(default_factory=VerifierConfig)  # the config's `verifier` section
     seed: int = 0  # this process's sampling seed: `dist.rank_seed` of the config's seed (rank 0: the same)
     name: str = "mopd"
     run_config: dict = field(default_factory=dict)

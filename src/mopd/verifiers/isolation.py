@@ -108,7 +108,7 @@ def _warn_once(name: str) -> None:
 
 
 def available_backends() -> tuple[str, ...]:
-    """The backends that ran a trivial program here (probed once per process, ~0.1 s)."""
+    """The backends that ran a trivial program here (probed once per process: it starts a sandbox)."""
     with _probe_lock:  # verifier threads may ask at once; probe once
         if available_backends.cache is None:
             _detect()

@@ -82,7 +82,7 @@ def safe_reward(verifier: Verifier, text: str, example: Example,
         box = _in_thread(verifier, text, example, timeout_s)
     if box is None:
         log.warning("verifier of domain %s did not finish within %.3gs; reward 0 "
-                    "(raise sampling.verifier_timeout_s if it is just slow)", example.domain, timeout_s)
+                    "(raise verifier.timeout_s if it is just slow)", example.domain, timeout_s)
         return 0.0
     if "error" in box:
         log.warning("verifier of domain %s raised %s; reward 0", example.domain, box["error"])

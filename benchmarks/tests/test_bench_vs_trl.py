@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-BENCH = Path(__file__).parents[2] / "benchmarks"
+BENCH = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
