@@ -74,6 +74,9 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
     console.print(table)
     console.print(f"self-distillation on {rep.tokens} tokens at temperature {rep.temperature:g}: reverse KL {rep.reverse_kl:.2e} "
                   f"(need < {KL_TOLERANCE:.0e}), grad norm {rep.grad_norm:.2e} (need < {GRAD_TOLERANCE:.0e})")
+    for name, (single, total) in rep.single_token_spans.items():
+        console.print(f"teacher {name} (another tokenizer): {single} of {total} student tokens "
+                      f"({single / max(total, 1):.0%}) are one token on both sides")
     if rep.span_reverse_kl is not None:  # a teacher with another tokenizer: the same, through text and spans
         console.print(f"self-distillation through text and span alignment: reverse KL {rep.span_reverse_kl:.2e} "
                       f"(need < {KL_TOLERANCE:.0e})")

@@ -30,7 +30,7 @@ def error_of(data: dict, overrides=None) -> str:
 def test_minimal_config_loads_with_defaults():
     cfg = load(base())
     assert cfg.student.tiny.hidden_size == 32
-    assert cfg.teachers[0].kind == "self" and cfg.teachers[0].model is None
+    assert cfg.teachers[0].kind == "self" and "model" not in type(cfg.teachers[0]).model_fields  # its own fields only
     d = cfg.domains[0]
     assert (d.name, d.teacher, d.weight) == ("rev", "me", 1.0)
     assert d.prompts.builtin == "reversal" and d.prompts.params == {"n_train": 20, "n_eval": 5}
@@ -123,9 +123,13 @@ def test_is_correction_valid_and_disabled():
 def test_teacher_kinds_need_the_right_model_fields():
     data = base()
     data["teachers"][0] = {"name": "me", "kind": "hf"}
-    assert "needs 'model'" in error_of(data)
+    assert "teachers.0.model: Field required" in error_of(data)
     data["teachers"][0] = {"name": "me", "kind": "self", "model": {"path": "x"}}
-    assert "takes no 'model'" in error_of(data)
+    assert "['model'] only apply to kind 'hf' or 'vllm'" in error_of(data)
+    data["teachers"][0] = {"name": "me", "kind": "remote", "url": "http://h", "served_model": "m", "timeout": 3}
+    assert "teachers.0.timeout: unknown key; did you mean 'timeout_s'? (keys here for kind 'remote'" in error_of(data)
+    data["teachers"][0] = {"name": "me", "kind": "slef"}
+    assert "teachers.0: 'kind' must be one of hf, self, vllm, remote" in error_of(data)
 
 
 def test_overrides():

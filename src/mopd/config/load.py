@@ -68,36 +68,49 @@ def _list_index(node: list, key: str, item: str) -> int:
 def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        shown, _, kind = _walk(model, e["loc"])
+        loc = ".".join(shown) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            known = _fields_at(model, e["loc"][:-1]) if model is not None else []
+            _, node, kind = _walk(model, e["loc"][:-1])
+            known = list(getattr(node, "model_fields", {}))
             close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
             msg = f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
             if known:
-                msg += f" (keys here: {', '.join(known)})"
+                msg += f" (keys here{f' for kind {kind!r}' if kind else ''}: {', '.join(known)})"
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The keys a config section accepts, found by walking `loc` (list indices skipped) from `model`."""
+def _walk(model: type[BaseModel] | None, loc: tuple) -> tuple[list[str], Any, str | None]:
+    """Follow `loc` from `model`: (the path as the user wrote it, the section model at its end,
+    the union tag picked on the way). A union keyed on `kind` (teachers) puts the kind in
+    pydantic's path; the user never wrote it there, so it is left out of the path shown."""
     node: Any = model
+    shown, kind = [], None
     for part in loc:
-        if isinstance(part, int):
+        kinds = _kinds(node)
+        if kinds is not None and part in kinds:
+            node, kind = kinds[part], str(part)
+            continue
+        shown.append(str(part))
+        if isinstance(part, int) or node is None:
             continue
         field = getattr(node, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        node = _model_in(field.annotation)
-        if node is None:
-            return []
-    return list(getattr(node, "model_fields", {}))
+        node, kind = (None if field is None else _model_in(field.annotation)), None
+    return shown, node, kind
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    # `X | None`, `list[X]`: the pydantic model inside, if any.
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _kinds(node: Any) -> dict[str, type[BaseModel]] | None:
+    # A tagged union type declares its members (mopd.config.models.TeacherConfig.kinds).
+    if isinstance(node, type) and not issubclass(node, BaseModel) and callable(getattr(node, "kinds", None)):
+        return node.kinds()
+    return None
+
+
+def _model_in(annotation: Any) -> type | None:
+    # `X | None`, `list[X]`: the pydantic model (or tagged union of models) inside, if any.
+    if isinstance(annotation, type) and (issubclass(annotation, BaseModel) or _kinds(annotation) is not None):
         return annotation
     for arg in get_args(annotation):
         if (found := _model_in(arg)) is not None:

@@ -21,10 +21,11 @@ class CompatReport:
     same_specials: bool
     same_chat_template: bool
     detail: str
+    cross_tokenizer: bool = False  # declared: it scores text with its own tokenizer, so it may differ
 
     @property
     def ok(self) -> bool:
-        return self.same_vocab and self.same_specials
+        return self.cross_tokenizer or (self.same_vocab and self.same_specials)
 
 
 def compare_tokenizers(name: str, student_tok, teacher_tok) -> CompatReport:
@@ -54,7 +55,9 @@ def check_teacher_vocab(name: str, student_tok, teacher_tok, model_vocab_size: i
     if not report.ok:
         raise TokenizerMismatch(
             f"teacher {name!r} cannot score the student's token ids: {report.detail}. "
-            "MOPD needs a teacher with the student's tokenizer (e.g. an RL fine-tune of the same base)."
+            "MOPD needs a teacher with the student's tokenizer (e.g. an RL fine-tune of the same base), "
+            "or one declared with teachers[].cross_tokenizer: true, which scores the student's text with "
+            "its own tokenizer (docs/cross_tokenizer.md)."
         )
     if model_vocab_size is not None and student_vocab_size is not None and model_vocab_size < student_vocab_size:
         raise TokenizerMismatch(

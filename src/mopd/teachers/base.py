@@ -17,6 +17,11 @@ class TeacherScores:
     logprobs: torch.Tensor  # [B, T]
     topk_ids: torch.Tensor | None = None  # [B, T, k]
     topk_logprobs: torch.Tensor | None = None  # [B, T, k]
+    # A teacher with another tokenizer scores character spans, not tokens: token t belongs to
+    # the span of columns span_start[t]..span_end[t], and logprobs[t] is the teacher's log-prob
+    # of that whole span (docs/cross_tokenizer.md). None: every token is its own span.
+    span_start: torch.Tensor | None = None  # long [B, T]
+    span_end: torch.Tensor | None = None  # long [B, T]
 
 
 class TeacherError(RuntimeError):

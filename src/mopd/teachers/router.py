@@ -9,6 +9,9 @@ A domain routed to several teachers (`teacher: [{name, weight}, ...]`) gets one 
 teacher, in the config's order, and its weights normalised to sum 1; the objective turns the
 slots into the weighted sum of each teacher's clipped advantage (docs/method.md, "Teacher
 mixtures").
+
+A teacher with another tokenizer (mopd.teachers.cross_tokenizer) scores character spans; when
+the router has one, every slot carries span columns, one-token spans for the other teachers.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ class TeacherRouter:
         self.domain_to_teacher = dict(domain_to_teacher)
 
     @property
+    def spans(self) -> bool:
+        """Whether any teacher scores by spans: then every score carries span columns. A property of
+        the router, not of a batch, so that every chunk of a step has the same signals."""
+        return any(getattr(t, "cross_tokenizer", False) for t in self.teachers.values())
+
+    @property
     def mixes(self) -> bool:
         """Whether any domain routes to more than one teacher."""
         return any(len(normalised_route(r)) > 1 for r in self.domain_to_teacher.values())
@@ -81,7 +90,7 @@ class TeacherRouter:
         B, T = batch.input_ids.shape
         routes = [self.route(batch.domains[d]) for d in batch.domain_ids.tolist()]
         M = max(len(r) for r in routes)
-        slots = [_zeros(B, T, topk) for _ in range(M)]
+        slots = [_zeros(B, T, topk, self.spans) for _ in range(M)]
         weights = torch.zeros((B, M))
         for row, r in enumerate(routes):
             weights[row, : len(r)] = torch.tensor([w for _, w in r])
@@ -97,6 +106,9 @@ class TeacherRouter:
                 if topk:
                     slots[slot].topk_ids[row, :n] = s.topk_ids[i]
                     slots[slot].topk_logprobs[row, :n] = s.topk_logprobs[i].float()
+                if s.span_start is not None:
+                    slots[slot].span_start[row, :n] = s.span_start[i]
+                    slots[slot].span_end[row, :n] = s.span_end[i]
         return MixtureScores(slots, weights, [[n for n, _ in r] for r in routes])
 
     def score(self, batch: TokenBatch, topk: int = 0) -> TeacherScores:
@@ -115,6 +127,8 @@ class TeacherRouter:
         return s
 
 
-def _zeros(B: int, T: int, topk: int) -> TeacherScores:
+def _zeros(B: int, T: int, topk: int, spans: bool = False) -> TeacherScores:
+    own = torch.arange(T).expand(B, T).clone() if spans else None  # every token its own span
     return TeacherScores(torch.zeros((B, T)), torch.zeros((B, T, topk), dtype=torch.long) if topk else None,
-                         torch.zeros((B, T, topk)) if topk else None)
+                         torch.zeros((B, T, topk)) if topk else None,
+                         own, own.clone() if spans else None)
