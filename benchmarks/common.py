@@ -30,6 +30,15 @@ PROMPTS = [
     ("What does a thermometer measure?", "A thermometer measures temperature."),
 ]
 
+
+
+def numbered_prompts(n: int) -> list[tuple[str, str]]:
+    """n chat prompts: the eight above, then again with a numbered variation ("(variant 2) ..."),
+    so that no two rows of a larger batch share a prompt."""
+    return [(q if i < len(PROMPTS) else f"(variant {i // len(PROMPTS) + 1}) {q}", a)
+            for i, (q, a) in ((i, PROMPTS[i % len(PROMPTS)]) for i in range(n))]
+
+
 # Four small domains for the multi-teacher benchmark: (question, answer) per domain; the
 # answers are only used for each domain teacher's one SFT step.
 DOMAINS = {
