@@ -11,7 +11,7 @@ from mopd.build import build_run
 from mopd.config.load import load_config
 from mopd.config.schema import RunConfig
 from mopd.rollout.types import TokenBatch, collate
-from mopd.teachers.base import TeacherError, TeacherScores
+from mopd.teachers.base import Teacher, TeacherError, TeacherScores
 from mopd.rollout.engine import RolloutEngine
 from mopd.training import step as step_mod
 from mopd.training.overlap import chunk_bounds, chunk_generator, sample_and_score, step_generator
@@ -99,7 +99,7 @@ def test_chunk_signals_stack_into_the_whole_batch_signals(tmp_path):
     for k in whole:
         torch.testing.assert_close(chunked.signals[k], whole[k], atol=1e-5, rtol=0)
 
-    class RowTeacher:  # log-prob of a token: a function of its id and position only
+    class RowTeacher(Teacher):  # log-prob of a token: a function of its id and position only
         name = "row"
 
         def score(self, batch, topk=0):
@@ -168,7 +168,7 @@ def test_whole_batch_objectives_score_once_after_generation(tmp_path):
     assert calls == [(20, "MainThread")] and len(out.rollouts) == 20
 
 
-class SlowTeacher:
+class SlowTeacher(Teacher):
     """A Teacher that takes `delay` seconds per call (sleeping, as a remote call would)."""
 
     def __init__(self, name, delay, fail=False):

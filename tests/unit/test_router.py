@@ -4,7 +4,7 @@ import torch
 from mopd.models.compat import TokenizerMismatch, check_teacher_vocab, compare_tokenizers
 from mopd.models.tiny import CHARSET, char_tokenizer, tiny_model
 from mopd.rollout.types import Rollout, TokenBatch, collate
-from mopd.teachers.base import TeacherError, TeacherScores
+from mopd.teachers.base import Teacher, TeacherError, TeacherScores
 from mopd.teachers.hf_teacher import HFTeacher
 from mopd.teachers.router import TeacherRouter
 
@@ -96,7 +96,7 @@ def test_router_matches_each_rows_own_teacher():
     assert plain.topk_ids is None and torch.equal(plain.logprobs, scores.logprobs)
 
 
-class FakeTeacher:
+class FakeTeacher(Teacher):
     def __init__(self, name, value):
         self.name, self.value, self.calls = name, value, 0
 

@@ -24,7 +24,7 @@ class MOPDObjective(Objective):
         self.topk = algo.topk if algo.loss == "topk" else 0
         self.corrects_stale_samples = algo.is_correction is not None
         if self.topk and router.spans:
-            cross = sorted(n for n, t in router.teachers.items() if getattr(t, "cross_tokenizer", False))
+            cross = sorted(n for n, t in router.teachers.items() if t.cross_tokenizer)
             raise ValueError(f"algorithm.loss: topk needs the student's vocabulary, but teachers {cross} have "
                              "another tokenizer (teachers[].cross_tokenizer); use algorithm.loss: sampled")
 

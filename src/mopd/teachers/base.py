@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
@@ -28,7 +28,20 @@ class TeacherError(RuntimeError):
     """A teacher could not score a batch. Never replaced by zeros: the step stops."""
 
 
-class Teacher(Protocol):
-    name: str
+class Teacher(ABC):
+    """What the router asks of a teacher: the log-probs it gives the batch's tokens."""
 
-    def score(self, batch: TokenBatch, topk: int = 0) -> TeacherScores: ...
+    name: str
+    # Whether its weights are loaded now. A pooled teacher may be offloaded (mopd.teachers.pool):
+    # the router scores the loaded ones first, so that a teacher is not swapped in twice a step.
+    resident: bool = True
+    # Whether it scores text with a tokenizer of its own (mopd.teachers.cross_tokenizer): its
+    # scores then carry character spans, and the top-k loss cannot use it.
+    cross_tokenizer: bool = False
+
+    @abstractmethod
+    def score(self, batch: TokenBatch, topk: int = 0) -> TeacherScores:
+        """Per-token log-probs of the batch's tokens (and top-k ids / log-probs when topk > 0)."""
+
+    def close(self) -> None:
+        """Free what it holds beyond Python memory (an in-process vLLM engine, a connection). Default: nothing."""

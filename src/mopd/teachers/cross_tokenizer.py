@@ -58,7 +58,7 @@ def teacher_tokens(tokenizer, text: str) -> tuple[list[int], list[int | None]]:
     return ids, decoded_ends(tokenizer, ids, text)
 
 
-class CrossTokenizerTeacher:
+class CrossTokenizerTeacher(Teacher):
     """Wraps a teacher that scores token ids of its own tokenizer (`inner`)."""
 
     cross_tokenizer = True  # the router and the objective add span signals for it
@@ -73,7 +73,7 @@ class CrossTokenizerTeacher:
 
     @property
     def resident(self) -> bool:  # a pooled inner teacher may be offloaded; the router asks
-        return getattr(self.inner, "resident", True)
+        return self.inner.resident
 
     def plan(self, batch: TokenBatch, row: int) -> RowPlan:
         cols = batch.gen_mask[row].nonzero().flatten().tolist()

@@ -13,10 +13,10 @@ import torch
 
 from mopd.models.logprobs import token_logprobs
 from mopd.rollout.types import TokenBatch
-from mopd.teachers.base import TeacherScores
+from mopd.teachers.base import Teacher, TeacherScores
 
 
-class HFTeacher:
+class HFTeacher(Teacher):
     def __init__(self, name: str, model, micro_batch_size: int = 32, chunk_size: int = 1024,
                  temperature: float = 1.0):
         self.name = name
@@ -51,7 +51,7 @@ class HFTeacher:
         )
 
 
-class AdapterOffTeacher:
+class AdapterOffTeacher(Teacher):
     """The 'self' teacher of a LoRA (peft) student: the student with its adapter disabled.
 
     The base weights never train, so this is exactly the base model, with no second copy in

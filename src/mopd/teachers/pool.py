@@ -24,10 +24,11 @@ from transformers.utils import logging as hf_logging
 
 from mopd.rollout.types import TokenBatch
 from mopd.teachers.base import Teacher, TeacherScores
+from mopd.teachers.cross_tokenizer import CrossTokenizerTeacher
 from mopd.teachers.hf_teacher import HFTeacher
 
 
-class PooledTeacher:
+class PooledTeacher(Teacher):
     """A Teacher whose model the pool loads before it scores and may offload afterwards."""
 
     def __init__(self, pool: "TeacherPool", teacher: HFTeacher):
@@ -82,7 +83,7 @@ class TeacherPool:
     def add(self, teacher: Teacher) -> Teacher:
         """Pool an in-process transformers teacher; any other teacher is returned as it is. A
         teacher that wraps one (another tokenizer's, mopd.teachers.cross_tokenizer) has it pooled."""
-        if isinstance(getattr(teacher, "inner", None), HFTeacher):
+        if isinstance(teacher, CrossTokenizerTeacher) and isinstance(teacher.inner, HFTeacher):
             teacher.inner = self.add(teacher.inner)
             return teacher
         if self.max_resident is None or not isinstance(teacher, HFTeacher):

@@ -29,7 +29,7 @@ import httpx
 import torch
 
 from mopd.rollout.types import TokenBatch
-from mopd.teachers.base import TeacherError, TeacherScores
+from mopd.teachers.base import Teacher, TeacherError, TeacherScores
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class _Fatal(Exception):
     """An error that retrying cannot fix (a 4xx answer: wrong model name, bad request)."""
 
 
-class RemoteTeacher:
+class RemoteTeacher(Teacher):
     def __init__(self, name: str, url: str, model: str, timeout_s: float = 60, max_retries: int = 3,
                  backoff_s: float = 1.0, concurrency: int = 8, api_key: str | None = None):
         self.name = name

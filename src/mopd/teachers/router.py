@@ -58,7 +58,7 @@ class TeacherRouter:
     def spans(self) -> bool:
         """Whether any teacher scores by spans: then every score carries span columns. A property of
         the router, not of a batch, so that every chunk of a step has the same signals."""
-        return any(getattr(t, "cross_tokenizer", False) for t in self.teachers.values())
+        return any(t.cross_tokenizer for t in self.teachers.values())
 
     @property
     def mixes(self) -> bool:
@@ -95,7 +95,7 @@ class TeacherRouter:
         for row, r in enumerate(routes):
             weights[row, : len(r)] = torch.tensor([w for _, w in r])
         shares = self.shares(batch)  # in order of first appearance in the batch
-        for name in sorted(shares, key=lambda n: not getattr(self.teachers[n], "resident", True)):
+        for name in sorted(shares, key=lambda n: not self.teachers[n].resident):
             pairs = shares[name]
             rows = torch.tensor([r for r, _ in pairs])
             share = batch.select(rows)

@@ -20,10 +20,10 @@ import torch
 from mopd.config.schema import VLLMOptions
 from mopd.rollout.types import TokenBatch
 from mopd.models.vllm_startup import VLLM_LOCK, check_head_dim, start_llm
-from mopd.teachers.base import TeacherError, TeacherScores
+from mopd.teachers.base import Teacher, TeacherError, TeacherScores
 
 
-class VLLMTeacher:
+class VLLMTeacher(Teacher):
     def __init__(self, name: str, model_dir: str, opts: VLLMOptions | None = None, dtype: str = "float32",
                  seed: int = 0, temperature: float = 1.0):
         from transformers import AutoConfig
