@@ -57,6 +57,11 @@ def test_span_sums_against_a_loop():
                 torch.testing.assert_close(got[b, t, m], want, atol=1e-6, rtol=0)
     own = torch.arange(9).expand(3, 9)
     assert torch.equal(span_sums(values, own, own), values)  # one-token spans: bit for bit
+    # A confident token (log-prob ~ -1e-7) after a long completion (sum ~ -1e4): a difference of
+    # running sums would lose its last bits, even in float64.
+    lps = torch.tensor([[-9000.0, -1.2345678e-7, -7.654321e-8, -3.3e-8, -0.25]])
+    own = torch.arange(5)[None]
+    assert torch.equal(span_sums(lps, own, own), lps)
 
 
 # ---- real tokenizers on random strings ----
