@@ -74,6 +74,17 @@ def test_reproducible_from_the_generator(setup):
     assert a == b and a != c
 
 
+def test_a_step_with_more_prompt_tokens_than_one_vllm_batch_samples_reproducibly(setup):
+    """128 prompts of 60 tokens (7,680, past vLLM's 4,096-token batch): with chunked prefill a
+    prompt would be split, and vLLM would rewind its seeded CPU generator and fail ("CPU
+    Generator does not use offset"). Each prompt's sample is still the one of its seed."""
+    model, tok, engine, _ = setup
+    prompts = [[5 + (i + j) % 50 for j in range(60)] for i in range(128)]
+    first = engine.generate(prompts, 4, 1.0, torch.Generator().manual_seed(1))
+    again = engine.generate(prompts, 4, 1.0, torch.Generator().manual_seed(1))
+    assert len(first) == 128 and [c.token_ids for c in first] == [c.token_ids for c in again]
+
+
 def test_new_weights_reach_the_engine_after_an_update(setup):
     model, tok, engine, _ = setup
     old = copy.deepcopy(model)

@@ -54,6 +54,14 @@ def start_llm(model_dir: str, opts: VLLMOptions, dtype: str, seed: int = 0, **kw
     loader_log = logging.getLogger("vllm.model_executor.models.utils")
     if _drop_dtype_warnings not in loader_log.filters:
         loader_log.addFilter(_drop_dtype_warnings)
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        # Each request samples with its own seeded generator (runs are reproducible). When a step's
+        # prompts exceed the batch's token budget, chunked prefill splits one of them and vLLM then
+        # rewinds that generator, which a CPU generator cannot do ("CPU Generator does not use
+        # offset"). Unchunked, a prompt that does not fit waits for the next batch instead.
+        kw.setdefault("enable_chunked_prefill", False)
     llm = vllm.LLM(model=model_dir, dtype=dtype, seed=seed, enforce_eager=opts.enforce_eager,
                    gpu_memory_utilization=opts.gpu_memory_utilization, max_model_len=opts.max_model_len,
                    skip_tokenizer_init=True, generation_config="vllm", logprobs_mode="processed_logprobs",
