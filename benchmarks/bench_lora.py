@@ -68,11 +68,11 @@ def run_config(setup: str, args):
 
 def one(setup: str, args) -> dict:
     """Build and step one setup in this process."""
-    from mopd.build import build_mopd_run
+    from mopd.build import build_run
 
     torch.set_num_threads(args.threads)
     rss = PeakRSS()
-    run = build_mopd_run(run_config(setup, args))
+    run = build_run(run_config(setup, args))
     built = rss.current()
     rss.reset()
     times, updates = [], []

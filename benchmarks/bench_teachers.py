@@ -90,10 +90,10 @@ def entry(conn, args, cfg_dict: dict) -> None:
     torch.set_num_threads(args.threads)
 
     def build():
-        from mopd.build import build_mopd_run
+        from mopd.build import build_run
         from mopd.config.schema import RunConfig
 
-        return build_mopd_run(RunConfig.model_validate(cfg_dict))
+        return build_run(RunConfig.model_validate(cfg_dict))
 
     serve(conn, build, mopd_step)
 
