@@ -60,7 +60,6 @@ def markdown(merged: dict) -> str:
 
 def weight_distances(run_dirs: list[str | Path], names: dict[str, str]) -> dict[str, dict]:
     """L2 distance of each named stage's weights from its seed's SFT init, relative to the init's norm."""
-    import torch
     from safetensors.torch import load_file
 
     from mopd.eval.seeds import mean_std
@@ -76,7 +75,6 @@ def weight_distances(run_dirs: list[str | Path], names: dict[str, str]) -> dict[
             other = load_file(str(f))
             diff = math.sqrt(sum(float(((other[k].float() - v.float()) ** 2).sum()) for k, v in init.items()))
             out.setdefault(label, []).append(diff / base)
-    del torch
     return {k: mean_std(v) for k, v in out.items()}
 
 

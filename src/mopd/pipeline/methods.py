@@ -92,7 +92,8 @@ def cascade_rl(cfg: PipelineConfig, doms: Domains, init_dir: str, out: Path) -> 
     per_step = _baseline_rl(cfg).sequences_per_step
     curve, start, model, tok = [], init_dir, None, None
     for i, d in enumerate(order):
-        run = onpolicy(stage_run_config(cfg, _baseline_rl(cfg), start, {d: 1.0}, out / d, steps=steps), f"Cascade RL ({d})")
+        run = onpolicy(stage_run_config(cfg, _baseline_rl(cfg), start, {d: 1.0}, out / d, steps=steps),
+                       f"Cascade RL ({d})")
         model, tok = run.dist.unwrap(run.model), run.tokenizer
         curve += train_with_curve(run, 1, lambda: evaluate(model, tok, cfg, doms), per_step, i * steps * per_step)
         release(run)
