@@ -166,18 +166,30 @@ def _eval_settings(run: RunConfig):
 
 
 @app.command()
-def report(output_dir: Annotated[Path, typer.Argument(help="Directory of a `mopd reproduce` run.")]) -> None:
-    """Rebuild report.md / report.json / report.png from the cached stage results of a run."""
+def report(output_dir: Annotated[list[Path], typer.Argument(help="Directory of a `mopd reproduce` run; several: "
+                                                            "seeds of one experiment, merged.")],
+           out: Annotated[Optional[Path], typer.Option(help="Where the merged report of several runs goes.")] = None
+           ) -> None:
+    """Rebuild report.md / report.json / report.png from the cached stage results of a run, or merge
+    the runs of several seeds into one report (mean and std over seeds) under --out."""
     import json
 
     from mopd.eval.report import write_report
 
-    path = output_dir / "report.json"
-    if not path.is_file():
-        console.print(f"[red]error:[/red] {path} not found: run `mopd reproduce` first")
-        raise typer.Exit(1)
-    data = json.loads(path.read_text())
-    text = write_report(output_dir, {k: data[k] for k in ("sft", "teachers", "methods")})
+    for d in output_dir:
+        if not (d / "report.json").is_file():
+            console.print(f"[red]error:[/red] {d / 'report.json'} not found: run `mopd reproduce` first")
+            raise typer.Exit(1)
+    if len(output_dir) > 1:
+        from mopd.eval.seeds_report import write_merged_report
+
+        if out is None:
+            console.print("[red]error:[/red] several runs are merged into one report: give --out DIR")
+            raise typer.Exit(2)
+        text = write_merged_report(output_dir, out)
+    else:
+        data = json.loads((output_dir[0] / "report.json").read_text())
+        text = write_report(output_dir[0], {k: data[k] for k in data if k not in ("rows", "curves", "one_seed")})
     from rich.markdown import Markdown
 
     wide_console().print(Markdown(text))

@@ -14,6 +14,7 @@ from typing import Any
 from mopd.domains.base import Domain
 from mopd.domains.chat import ArithmeticDomain, CapitalsDomain
 from mopd.domains.math import MathDomain
+from mopd.domains.letters import LetterDomain, LetterLookupDomain
 from mopd.domains.lookup import LookupDomain
 from mopd.domains.swe import SWEDomain
 from mopd.domains.toy import AdditionDomain, ReversalDomain, SortingDomain
@@ -29,6 +30,8 @@ BUILTIN_DOMAINS: dict[str, Callable[..., Domain]] = {
     "capitals": CapitalsDomain,
     "lookup": LookupDomain,
     "swe": SWEDomain,
+    "letters": LetterDomain,
+    "lookup_letters": LetterLookupDomain,
 }
 
 PYTHON_PREFIX = "python:"

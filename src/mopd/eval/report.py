@@ -132,7 +132,10 @@ def write_report(out_dir: Path, summary: dict) -> str:
             "(s - s_sft)/(s_teacher - s_sft).\n\n" + md + "\n\nReferences:\n" + "\n".join(ref) + "\n")
     (out_dir / "report.md").write_text(text)
     curve_data = curves(summary["methods"], sft, teachers)
-    (out_dir / "report.json").write_text(json.dumps({"rows": rows, "curves": curve_data, **summary}, indent=1,
-                                                    default=str))
+    from mopd.eval.seeds import merge_seeds  # this run as one seed: standard errors, sequences to 0.9
+
+    seeds = merge_seeds([summary])["rows"] if "eval_prompts" in summary else None
+    (out_dir / "report.json").write_text(json.dumps({"rows": rows, "curves": curve_data, "one_seed": seeds,
+                                                     **summary}, indent=1, default=str))
     plot(rows, curve_data, domains, out_dir / "report.png")
     return text

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from mopd.config.precision import Precision
 from mopd.config.schema import (AlgorithmConfig, DistributedConfig, ModelSpec, OptimConfig, RolloutConfig, SamplingConfig,
                                 Strict, TeacherPoolConfig, TinyModel, VerifierConfig, check_outcome_term)
+from mopd.pipeline.variants import MOPDVariant
 
 
 class PipelineDomain(Strict):
@@ -85,6 +86,9 @@ class PipelineConfig(Strict):
     offpolicy: OffPolicyStage = Field(default_factory=OffPolicyStage)
     eval: EvalStage = Field(default_factory=EvalStage)
     rounds: int = Field(1, ge=1, le=3)  # 2: co-evolution, new teachers start from the MOPD student
+    # GRPO settings of Mix-RL and Cascade RL (their own learning rate); None: the teachers' settings.
+    baseline_rl: RLStage | None = None
+    variants: list[MOPDVariant] = Field(default_factory=list)  # MOPD variants beside plain MOPD
 
     @model_validator(mode="after")
     def _check(self) -> "PipelineConfig":
@@ -94,9 +98,17 @@ class PipelineConfig(Strict):
         if bad:
             raise ValueError(f"unknown baselines {bad}; choose from {sorted(known)}")
         check_outcome_term(self.algorithm, self.mopd.sampling.rollouts_per_prompt, "mopd.sampling.rollouts_per_prompt")
+        if len({v.name for v in self.variants}) != len(self.variants):
+            raise ValueError("variants: each needs its own name")
         if self.cascade_order is not None and sorted(self.cascade_order) != sorted(names):
             raise ValueError(f"cascade_order {self.cascade_order} must list each domain once: {names}")
         return self
+
+
+def _paper_presets() -> dict:
+    from mopd.pipeline import paper
+
+    return {"paper": paper.paper, "paper-micro": paper.paper_micro, "smollm2-long": paper.smollm2_long}
 
 
 def _toy(name: str, n_train: int = 400, n_eval: int = 100) -> PipelineDomain:
@@ -143,3 +155,4 @@ PRESETS = {
         eval=EvalStage(samples=3, max_new_tokens=14, curve_points=2),
     ),
 }
+PRESETS.update(_paper_presets())  # the paper's conditions (pipeline/paper.py)

@@ -68,15 +68,19 @@ def _train_and_score(name: str, run, cfg: PipelineConfig, doms: Domains, out: Pa
     return finish(name, model, run.tokenizer, out, run.optim.steps * per_step, t0, curve[-1][1], curve)
 
 
+def _baseline_rl(cfg: PipelineConfig):
+    return cfg.baseline_rl or cfg.teacher  # Mix-RL's and Cascade RL's GRPO settings
+
+
 def _grpo_steps(cfg: PipelineConfig, budget: int) -> int:
-    return max(1, budget // cfg.teacher.sequences_per_step)
+    return max(1, budget // _baseline_rl(cfg).sequences_per_step)
 
 
 def mix_rl(cfg: PipelineConfig, doms: Domains, init_dir: str, out: Path) -> StageResult:
     """Baseline: GRPO on the pooled prompts, each rewarded by its own domain's verifier."""
     t0 = time.perf_counter()
     steps = _grpo_steps(cfg, mopd_budget(cfg))
-    run = onpolicy(stage_run_config(cfg, cfg.teacher, init_dir, doms.weights, out, steps=steps), "Mix-RL")
+    run = onpolicy(stage_run_config(cfg, _baseline_rl(cfg), init_dir, doms.weights, out, steps=steps), "Mix-RL")
     return _train_and_score("Mix-RL", run, cfg, doms, out, t0)
 
 
@@ -85,10 +89,11 @@ def cascade_rl(cfg: PipelineConfig, doms: Domains, init_dir: str, out: Path) -> 
     t0 = time.perf_counter()
     order = cfg.cascade_order or list(doms.train)
     steps = max(1, _grpo_steps(cfg, mopd_budget(cfg)) // len(order))
-    per_step = cfg.teacher.sequences_per_step
+    per_step = _baseline_rl(cfg).sequences_per_step
     curve, start, model, tok = [], init_dir, None, None
     for i, d in enumerate(order):
-        run = onpolicy(stage_run_config(cfg, cfg.teacher, start, {d: 1.0}, out / d, steps=steps), f"Cascade RL ({d})")
+        run = onpolicy(stage_run_config(cfg, _baseline_rl(cfg), start, {d: 1.0}, out / d, steps=steps),
+                       f"Cascade RL ({d})")
         model, tok = run.dist.unwrap(run.model), run.tokenizer
         curve += train_with_curve(run, 1, lambda: evaluate(model, tok, cfg, doms), per_step, i * steps * per_step)
         release(run)

@@ -13,6 +13,7 @@ from mopd.eval.report import write_report
 from mopd.pipeline import methods as M
 from mopd.pipeline.config import PipelineConfig
 from mopd.pipeline.stages import Domains, StageResult, cached
+from mopd.pipeline.variants import run_variants
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ def reproduce(cfg: PipelineConfig, out_dir: str | Path | None = None) -> str:
     for name in cfg.baselines:
         log.info("baseline: %s", name)
         methods.append(cached(out / name, runners[name]))
+    methods += run_variants(cfg, doms, base, t1, out)
     summary = {"sft": asdict(sft), "teachers": {d: asdict(t) for d, t in first_teachers.items()},
-               "methods": [asdict(m) for m in methods]}
+               "methods": [asdict(m) for m in methods],
+               "eval_prompts": {d: len(e) for d, e in doms.eval.items()}, "eval_samples": cfg.eval.samples}
     return write_report(out, summary)
 
 
