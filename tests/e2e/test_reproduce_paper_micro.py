@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from mopd.cli import app
 from mopd.domains.registry import build_domain
 from mopd.envs.base import episode_source
-from mopd.pipeline.config import PRESETS
+from mopd.pipeline.presets import PRESETS
 from mopd.pipeline.methods import mopd_budget
 from mopd.pipeline.variants import variant_config
 

@@ -4,7 +4,7 @@ round-2 student is distilled from them, starting from that student too."""
 import json
 
 from mopd.pipeline import methods as M
-from mopd.pipeline.config import PRESETS
+from mopd.pipeline.presets import PRESETS
 from mopd.pipeline.reproduce import reproduce
 
 

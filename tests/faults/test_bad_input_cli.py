@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from faultkit import run_data, teacher_dir
 from mopd.cli import app
 from mopd.models.loading import looks_like_path
-from mopd.pipeline.config import PRESETS
+from mopd.pipeline.presets import PRESETS
 from mopd.training.checkpoint import checkpoint_problem, list_checkpoints
 
 runner = CliRunner(env={"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"})

@@ -67,7 +67,7 @@ def test_chat_domains_are_registered_with_their_params():
 
 
 def test_smollm2_preset_builds_seeded_disjoint_splits():
-    from mopd.pipeline.config import PRESETS
+    from mopd.pipeline.presets import PRESETS
     from mopd.pipeline.stages import Domains
 
     cfg = PRESETS["smollm2"]()

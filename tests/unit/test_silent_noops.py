@@ -8,7 +8,7 @@ import torch
 from mopd.config.schema import AlgorithmConfig, ISCorrection, RunConfig
 from mopd.models.tiny import char_tokenizer, tiny_model
 from mopd.objectives.mopd import MOPDObjective
-from mopd.pipeline.config import PRESETS
+from mopd.pipeline.presets import PRESETS
 from mopd.rollout.types import Rollout, collate
 from mopd.teachers.router import TeacherRouter
 from mopd.distributed.runtime import check_precision

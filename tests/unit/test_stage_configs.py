@@ -4,7 +4,8 @@ what a user sets on the pipeline (engine, teacher pool, device, algorithm) reach
 from pathlib import Path
 
 from mopd.config.load import load_config
-from mopd.pipeline.config import PRESETS, PipelineConfig
+from mopd.pipeline.config import PipelineConfig
+from mopd.pipeline.presets import PRESETS
 from mopd.pipeline.stages import stage_run_config
 
 

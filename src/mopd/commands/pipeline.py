@@ -14,7 +14,7 @@ from mopd.commands.common import (SetOpt, _bad_input, _check_output_dir, _fail, 
                                   wide_console)
 from mopd.config.load import ConfigError, load_config
 from mopd.config.schema import RunConfig
-from mopd.pipeline.config import PRESETS
+from mopd.pipeline.presets import PRESETS
 
 
 def _pipeline(config: Optional[Path], preset: Optional[str], overrides: list[str] | None):

@@ -11,12 +11,9 @@ import json
 import math
 from pathlib import Path
 
-METRIC = "pass_at_1"
+from mopd.eval.scores import METRIC, normalised
+from mopd.eval.seeds import merge_seeds
 
-
-def normalised(score: float, sft: float, teacher: float) -> float:
-    gap = teacher - sft
-    return (score - sft) / gap if gap > 1e-9 else float("nan")
 
 
 def build_table(results: list[dict], sft: dict, teachers: dict[str, dict]) -> list[dict]:
@@ -132,8 +129,8 @@ def write_report(out_dir: Path, summary: dict) -> str:
             "(s - s_sft)/(s_teacher - s_sft).\n\n" + md + "\n\nReferences:\n" + "\n".join(ref) + "\n")
     (out_dir / "report.md").write_text(text)
     curve_data = curves(summary["methods"], sft, teachers)
-    from mopd.eval.seeds import merge_seeds  # this run as one seed: standard errors, sequences to 0.9
 
+    # This run as one seed: standard errors, sequences to 0.9.
     seeds = merge_seeds([summary])["rows"] if "eval_prompts" in summary else None
     (out_dir / "report.json").write_text(json.dumps({"rows": rows, "curves": curve_data, "one_seed": seeds,
                                                      **summary}, indent=1, default=str))

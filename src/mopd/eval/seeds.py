@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from mopd.eval.report import METRIC, normalised
+from mopd.eval.scores import METRIC, normalised
 
 LEVEL = 0.9  # the sample-efficiency threshold: normalised score on every domain
 

@@ -78,23 +78,3 @@ def paper_micro() -> PipelineConfig:
         eval={"samples": 1, "max_new_tokens": ANSWER_TOKENS, "curve_points": 2},
     )
     return PipelineConfig.model_validate(data)
-
-
-def smollm2_long() -> PipelineConfig:
-    """The `smollm2` experiment with teachers trained until their gain stands clear of the
-    evaluation noise: 5x the teacher steps, 4x the MOPD steps, 400 held-out prompts x 4 samples
-    (one standard error of a raw pass@1 is then at most 0.025, of a normalised score at most 0.1
-    once a teacher gains 0.25). Several hours on a 2-core CPU, minutes on a GPU."""
-    from mopd.pipeline.config import PRESETS
-
-    cfg = PRESETS["smollm2"]()
-    data = cfg.model_dump()
-    for d in data["domains"]:
-        d["params"]["n_eval"] = 400
-    data.update(
-        output_dir="runs/smollm2-long",
-        teacher={**data["teacher"], "optim": {**data["teacher"]["optim"], "steps": 60}},
-        mopd={**data["mopd"], "optim": {**data["mopd"]["optim"], "steps": 256}},
-        eval={**data["eval"], "samples": 4, "curve_points": 4},
-    )
-    return PipelineConfig.model_validate(data)

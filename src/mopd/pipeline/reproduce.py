@@ -13,7 +13,7 @@ from mopd.eval.report import write_report
 from mopd.pipeline import methods as M
 from mopd.pipeline.config import PipelineConfig
 from mopd.pipeline.stages import Domains, StageResult, cached
-from mopd.pipeline.variants import run_variants
+from mopd.pipeline.variants import variant_config
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +76,14 @@ def warn_if_unsolved(who: str, result: StageResult, domains) -> None:
                         "sees reward 0 in every group and learns nothing. Train the init longer (sft.steps), "
                         "make the domain easier, or sample more per prompt (teacher.sampling.rollouts_per_prompt); "
                         "a stage stops after teacher.optim.max_empty_in_a_row steps without signal.", who, d)
+
+
+def run_variants(cfg: PipelineConfig, doms: Domains, init_dir: str, teacher_dirs: dict[str, str], out: Path) -> list:
+    """Each MOPD variant on the same init and teachers as plain MOPD (pipeline/variants.py)."""
+    results = []
+    for v in cfg.variants:
+        vcfg = variant_config(cfg, v)
+        res = cached(out / f"mopd_{v.name}", lambda: M.mopd(vcfg, doms, init_dir, teacher_dirs, out / f"mopd_{v.name}"))
+        res.name = f"MOPD ({v.name})"
+        results.append(res)
+    return results

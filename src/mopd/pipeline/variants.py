@@ -8,8 +8,6 @@ of the `mopd` stage, so every variant samples the same number of sequences as pl
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field, model_validator
 
 from mopd.config.schema import MixtureConfig, Strict
@@ -48,16 +46,3 @@ def variant_config(cfg, v: MOPDVariant):
     data = cfg.model_dump()
     data.update(algorithm=algo.model_dump(), mopd=stage.model_dump(), variants=[])
     return type(cfg).model_validate(data)
-
-
-def run_variants(cfg, doms, init_dir: str, teacher_dirs: dict[str, str], out: Path) -> list:
-    from mopd.pipeline import methods as M
-    from mopd.pipeline.stages import cached
-
-    results = []
-    for v in cfg.variants:
-        vcfg = variant_config(cfg, v)
-        res = cached(out / f"mopd_{v.name}", lambda: M.mopd(vcfg, doms, init_dir, teacher_dirs, out / f"mopd_{v.name}"))
-        res.name = f"MOPD ({v.name})"
-        results.append(res)
-    return results
