@@ -35,9 +35,11 @@ def test_paper_preset_validates_with_three_domains_one_agentic_and_equal_budgets
 def test_paper_micro_runs_end_to_end_and_two_seeds_merge(tmp_path):
     runner = CliRunner()
     dirs = []
-    for seed in (0, 1):
+    # seed 0: every stage, round and variant; seed 1: MOPD and Mix-RL only (rows missing from a seed
+    # are merged over the seeds that have them)
+    for seed, extra in ((0, []), (1, ["--set", "rounds=1", "--set", "variants=[]", "--set", "baselines=[mix_rl]"])):
         out = tmp_path / f"seed{seed}"
-        res = runner.invoke(app, ["reproduce", "--preset", "paper-micro", "--set", f"seed={seed}",
+        res = runner.invoke(app, ["reproduce", "--preset", "paper-micro", "--set", f"seed={seed}", *extra,
                                   "--output-dir", str(out)])
         assert res.exit_code == 0, res.output
         dirs.append(str(out))
@@ -53,5 +55,8 @@ def test_paper_micro_runs_end_to_end_and_two_seeds_merge(tmp_path):
     assert set(mopd["normalised"]) == {"reversal", "sorting", "lookup"}
     assert {"mean", "std", "se", "n"} <= set(mopd["normalised"]["lookup"])
     assert "sequences_to_0.9" in mopd and len(mopd["sequences_to_0.9"]["per_seed"]) == 2
-    assert set(merged["weight_distance"]) == {"SFT init", "teacher reversal", "teacher sorting", "teacher lookup"}
+    distances = set(merged["weight_distance"])
+    assert {"SFT init", "teacher reversal", "teacher sorting", "teacher lookup", "MOPD"} <= distances
+    seeds_of = {r["method"]: r["seeds"] for r in merged["rows"]}
+    assert seeds_of["MOPD"] == 2 and seeds_of["Mix-RL"] == 2 and seeds_of["MOPD (round 2)"] == 1
     assert (merged_dir / "report.png").stat().st_size > 10_000
