@@ -39,7 +39,8 @@ def pair_sorting_teacher(tmp_path_factory):
     assert tok("sort:3142=", add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids(p)
                                                                           for p in ("so", "rt", ":3", "14", "2=")]
     model = tiny_model(tok, seed=11)
-    _sft(model, tok, SortingDomain(name="sorting", **TOY_PARAMS["sorting"]).train_examples(), 450, "cosine")
+    # From scratch over ~8K pair tokens: 450 steps left it below the student's init (0.56 vs 0.585).
+    _sft(model, tok, SortingDomain(name="sorting", **TOY_PARAMS["sorting"]).train_examples(), 1500, "cosine")
     path = tmp_path_factory.mktemp("pair_teacher") / "sorting"
     save_pretrained(model, tok, path)
     return path
