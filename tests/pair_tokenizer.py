@@ -1,12 +1,14 @@
-"""A tokenizer that cuts text into pairs of characters, for teachers with another tokenizer
-than the character-level student's: the two agree on a boundary only every other character."""
+"""Teachers with another tokenizer than the character-level student's, for tests: a tokenizer that
+cuts text into pairs of characters (the two agree on a boundary only every other character), and
+a model moved under a tokenizer whose characters have other ids."""
 
 from __future__ import annotations
 
+import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from mopd.models.tiny import BOS, CHARSET, CHAT_TEMPLATE, CHAT_TOKENS, EOS, PAD
+from mopd.models.tiny import BOS, CHARSET, CHAT_TEMPLATE, CHAT_TOKENS, EOS, PAD, char_tokenizer, tiny_model
 
 
 def pair_tokenizer() -> PreTrainedTokenizerFast:
@@ -20,3 +22,15 @@ def pair_tokenizer() -> PreTrainedTokenizerFast:
                                    additional_special_tokens=list(CHAT_TOKENS))
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def permuted(tok, model):
+    """The same model under a tokenizer whose characters have other ids (specials stay): another
+    vocabulary with the same segmentation, so the teacher is exactly as good as `model`."""
+    ptok = char_tokenizer(CHARSET[::-1])
+    perm = torch.tensor([tok.convert_tokens_to_ids(ptok.convert_ids_to_tokens(i)) for i in range(len(ptok))])
+    pmodel = tiny_model(ptok, seed=0)
+    state = {k: (v[perm] if v.shape[:1] == (len(tok),) and "embed" in k or "lm_head" in k else v)
+             for k, v in model.state_dict().items()}
+    pmodel.load_state_dict(state)
+    return ptok, pmodel

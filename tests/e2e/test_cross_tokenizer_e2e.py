@@ -1,31 +1,31 @@
 """MOPD with a teacher whose tokenizer is not the student's, end to end through `mopd`.
 
 - Tiny models: the reversal teacher shares the character-level student's tokenizer; the sorting
-  teacher was trained with a tokenizer that cuts text into pairs of characters, and is declared
-  `cross_tokenizer: true`. `mopd check` passes and reports how often the two tokenizations
-  agree; `mopd distill` brings the student closer to both teachers and lifts both domains.
+  teacher is the trained sorting teacher under another vocabulary (its characters have other
+  ids), declared `cross_tokenizer: true`, so every score goes through text, its own tokenizer and
+  span alignment. `mopd distill` brings the student closer to both teachers and lifts both
+  domains. `mopd check` with a teacher whose tokenizer cuts text into pairs of characters reports
+  how often the two tokenizations agree and passes the self-check through text.
 - SmolLM2 (a BPE tokenizer, its own chat template) as the teacher of a character-level student:
   the run goes end to end and the student moves toward the teacher.
 """
 
-import copy
 import importlib.util
 import math
 import re
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
 from cli_runs import distill_cli
-from conftest import TOY_PARAMS, _sft
+from conftest import TOY_PARAMS
 from mopd.cli import app
-from mopd.domains.toy import SortingDomain
-from mopd.models.loading import save_pretrained
+from mopd.config.schema import ModelSpec
+from mopd.models.loading import load_model, load_tokenizer, save_pretrained
 from mopd.models.tiny import tiny_model
-from pair_tokenizer import pair_tokenizer
+from pair_tokenizer import pair_tokenizer, permuted
 from test_distill_e2e import accuracy
 
 pytestmark = pytest.mark.slow
@@ -33,37 +33,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def pair_sorting_teacher(tmp_path_factory):
-    torch.manual_seed(0)
-    tok = pair_tokenizer()
-    assert tok("sort:3142=", add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids(p)
-                                                                          for p in ("so", "rt", ":3", "14", "2=")]
-    model = tiny_model(tok, seed=11)
-    # From scratch over ~8K pair tokens: 0.56 on sorting after 450 steps, 0.635 after 1500, against
-    # the student's init at 0.585 (the character teachers start from that init and reach ~0.79).
-    _sft(model, tok, SortingDomain(name="sorting", **TOY_PARAMS["sorting"]).train_examples(), 1500, "cosine")
-    path = tmp_path_factory.mktemp("pair_teacher") / "sorting"
-    save_pretrained(model, tok, path)
+def other_vocab_sorting_teacher(toy_models, tmp_path_factory):
+    """The trained sorting teacher under a tokenizer whose characters have other ids."""
+    spec = ModelSpec(path=str(toy_models["sorting"]))
+    tok = load_tokenizer(spec)
+    ptok, pmodel = permuted(tok, load_model(spec, tok))
+    assert ptok.get_vocab() != tok.get_vocab()
+    path = tmp_path_factory.mktemp("other_vocab") / "sorting"
+    save_pretrained(pmodel, ptok, path)
     return path
 
 
-@pytest.mark.skip(reason="the pair-tokenizer sorting teacher trained here is not enough better than the "
-                         "student's init (0.635 vs 0.585) for a lift to show; it needs a stronger teacher")
-def test_a_same_and_a_cross_tokenizer_teacher_lift_both_domains(toy_models, pair_sorting_teacher, tmp_path):
-    cfg = {
-        "output_dir": str(tmp_path / "run"),
-        "seed": 0,
-        "student": {"path": str(toy_models["init"])},
-        "teachers": [{"name": "rev_teacher", "model": {"path": str(toy_models["reversal"])}},
-                     {"name": "sort_teacher", "model": {"path": str(pair_sorting_teacher)}, "cross_tokenizer": True}],
-        "domains": [{"name": d, "prompts": {"builtin": d, "params": TOY_PARAMS[d]}, "teacher": t}
-                    for d, t in (("reversal", "rev_teacher"), ("sorting", "sort_teacher"))],
-        "sampling": {"prompts_per_step": 32, "max_new_tokens": 8},
-        "optim": {"steps": 300, "lr": 3e-4, "warmup_steps": 5},
-        "logging": {"progress": False},
-    }
-    check = copy.deepcopy(cfg)
-    (tmp_path / "check.yaml").write_text(yaml.safe_dump(check))
+def test_mopd_check_reports_the_agreement_of_two_tokenizations(toy_models, tmp_path):
+    pair_teacher = tmp_path / "pair"
+    save_pretrained(tiny_model(pair_tokenizer(), seed=11), pair_tokenizer(), pair_teacher)
+    cfg = {"student": {"path": str(toy_models["init"])},
+           "teachers": [{"name": "sort_teacher", "model": {"path": str(pair_teacher)}, "cross_tokenizer": True}],
+           "domains": [{"name": "sorting", "prompts": {"builtin": "sorting", "params": TOY_PARAMS["sorting"]},
+                        "teacher": "sort_teacher"}],
+           "sampling": {"prompts_per_step": 32, "max_new_tokens": 8}}
+    (tmp_path / "check.yaml").write_text(yaml.safe_dump(cfg))
     result = CliRunner().invoke(app, ["check", str(tmp_path / "check.yaml")])
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
@@ -71,17 +60,30 @@ def test_a_same_and_a_cross_tokenizer_teacher_lift_both_domains(toy_models, pair
     assert share and 0 < int(share[1]) < int(share[2]), out  # pairs agree with characters every other one
     assert "through text and span alignment: reverse KL 0.00e+00" in out
 
+
+def test_a_same_and_a_cross_tokenizer_teacher_lift_both_domains(toy_models, other_vocab_sorting_teacher, tmp_path):
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "seed": 0,
+        "student": {"path": str(toy_models["init"])},
+        "teachers": [{"name": "rev_teacher", "model": {"path": str(toy_models["reversal"])}},
+                     {"name": "sort_teacher", "model": {"path": str(other_vocab_sorting_teacher)},
+                      "cross_tokenizer": True}],
+        "domains": [{"name": d, "prompts": {"builtin": d, "params": TOY_PARAMS[d]}, "teacher": t}
+                    for d, t in (("reversal", "rev_teacher"), ("sorting", "sort_teacher"))],
+        "sampling": {"prompts_per_step": 32, "max_new_tokens": 8},
+        "optim": {"steps": 300, "lr": 3e-4, "warmup_steps": 5},
+        "logging": {"progress": False},
+    }
     metrics = distill_cli(tmp_path, cfg)
     assert len(metrics) == 300
     for d in ("reversal", "sorting"):
         first = sum(m[f"reverse_kl/{d}"] for m in metrics[:20]) / 20
         last = sum(m[f"reverse_kl/{d}"] for m in metrics[-20:]) / 20
-        # The pair teacher was not trained from the student's init, so the gap to it closes less
-        # than to a fine-tune of the init; the scores must rise all the same.
-        assert last < (0.5 if d == "reversal" else 1.0) * first, (d, first, last)
+        assert last < 0.5 * first, (d, first, last)
         before = accuracy(toy_models["init"], d)
         after = accuracy(tmp_path / "run" / "final", d)
-        teacher = accuracy(pair_sorting_teacher if d == "sorting" else toy_models[d], d)
+        teacher = accuracy(toy_models[d], d)  # the other-vocabulary teacher is this model, ids permuted
         assert teacher > before + 0.2, (d, before, teacher)  # the setup is meaningful
         assert after > before + 0.1, (d, before, after, teacher)
 

@@ -10,6 +10,8 @@ Real different tokenizers (SmolLM2's BPE and the character one) are in test_cros
 import pytest
 import torch
 
+from pair_tokenizer import permuted
+
 from mopd.build import build_teacher
 from mopd.config.schema import AlgorithmConfig, TeacherConfig
 from mopd.data.prompts import render_prompt
@@ -17,7 +19,7 @@ from mopd.domains.base import Example
 from mopd.models.compat import TokenizerMismatch
 from mopd.models.loading import save_pretrained
 from mopd.models.logprobs import TokenLogprobs
-from mopd.models.tiny import CHARSET, char_tokenizer, tiny_model
+from mopd.models.tiny import char_tokenizer, tiny_model
 from mopd.objectives.base import Totals
 from mopd.objectives.mopd import MOPDObjective
 from mopd.rollout.hf_engine import HFRolloutEngine
@@ -74,17 +76,6 @@ def test_with_the_students_tokenizer_the_span_path_is_the_exact_path(mixture):
     for k in ("advantage", "reverse_kl"):
         assert torch.equal(g_out.token_metrics[k], w_out.token_metrics[k]), k
     assert all(torch.equal(a, b) for a, b in zip(g_grad, w_grad))
-
-
-def permuted(tok, model):
-    """The same model under a tokenizer whose characters have other ids (specials stay)."""
-    ptok = char_tokenizer(CHARSET[::-1])
-    perm = torch.tensor([tok.convert_tokens_to_ids(ptok.convert_ids_to_tokens(i)) for i in range(len(ptok))])
-    pmodel = tiny_model(ptok, seed=0)
-    state = {k: (v[perm] if v.shape[:1] == (len(tok),) and "embed" in k or "lm_head" in k else v)
-             for k, v in model.state_dict().items()}
-    pmodel.load_state_dict(state)
-    return ptok, pmodel
 
 
 def test_a_teacher_with_a_permuted_vocabulary_scores_like_the_exact_path():
