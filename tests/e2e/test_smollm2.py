@@ -86,8 +86,10 @@ def test_chat_template_sampling_and_teacher_scoring_with_eos(smol):
             assert batch.input_ids[i, last] == im_end and scores.logprobs[i, last] < 0
 
 
-def _one_mopd_step(student, tok, teacher_model, out: Path) -> dict[str, float]:
-    """One MOPD step on arithmetic prompts, built as `mopd reproduce` builds its MOPD stage."""
+def _one_mopd_step(student, tok, teacher_model, out: Path):
+    """One MOPD step on arithmetic prompts, built as `mopd reproduce` builds its MOPD stage (the
+    student and teacher are saved and loaded back, as stages load them); its metrics and the
+    trained student."""
     save_pretrained(student, tok, out / "student")
     save_pretrained(teacher_model, tok, out / "teacher")
     cfg = PipelineConfig(base=ModelSpec(path=str(out / "student")),
@@ -96,12 +98,13 @@ def _one_mopd_step(student, tok, teacher_model, out: Path) -> dict[str, float]:
                          mopd=rl_stage(1, lr=1e-5, prompts_per_step=4, max_new_tokens=16))
     run_cfg = stage_run_config(cfg, cfg.mopd, str(out / "student"), {"arithmetic": 1.0}, out / "run",
                                {"arithmetic": str(out / "teacher")})
-    return run_onpolicy(onpolicy(run_cfg, "mopd"))
+    run = onpolicy(run_cfg, "mopd")
+    return run_onpolicy(run), run.dist.unwrap(run.model)
 
 
 def test_one_mopd_step_self_teacher_zero_other_teacher_nonzero(smol, tmp_path):
     tok, model = smol
-    same = _one_mopd_step(copy.deepcopy(model), tok, copy.deepcopy(model), tmp_path / "self")
+    same, _ = _one_mopd_step(copy.deepcopy(model), tok, copy.deepcopy(model), tmp_path / "self")
     assert same["completion_tokens"] > 0
     assert abs(same["reverse_kl/all"]) < 1e-4 and same["grad_norm"] < 1e-4
 
@@ -111,7 +114,7 @@ def test_one_mopd_step_self_teacher_zero_other_teacher_nonzero(smol, tmp_path):
         w.add_(0.05 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))
     student = copy.deepcopy(model)
     before = student.model.layers[0].self_attn.q_proj.weight.detach().clone()
-    diff = _one_mopd_step(student, tok, other, tmp_path / "other")
+    diff, trained = _one_mopd_step(student, tok, other, tmp_path / "other")
     assert diff["reverse_kl/all"] > 1e-3
     assert torch.isfinite(torch.tensor(diff["grad_norm"])) and diff["grad_norm"] > 1e-3
-    assert not torch.equal(student.model.layers[0].self_attn.q_proj.weight, before)
+    assert not torch.equal(trained.model.layers[0].self_attn.q_proj.weight, before)
