@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mopd.config.schema import DomainConfig, ModelSpec, RunConfig, TeacherConfig, VLLMOptions
+from mopd.config.schema import DomainConfig, ModelSpec, RolloutConfig, RunConfig, TeacherConfig, VLLMOptions
 from mopd.data.adaptive import mixture_adapter
 from mopd.data.mixture import MixtureSampler
 from mopd.data.prompts import DataError, load_domain_examples, read_rows, render_prompt
@@ -102,12 +102,12 @@ def build_vllm_teacher(cfg: TeacherConfig, student, student_tok, temperature: fl
     return VLLMTeacher(cfg.name, cfg.model.path, opts, opts.dtype or cfg.model.dtype, temperature=temperature)
 
 
-def build_engine(cfg: RunConfig, student, tok):
+def build_engine(rollout: RolloutConfig, student, tok, seed: int = 0):
     """The rollout engine: transformers on the trained model itself, or vLLM (weights pushed each step)."""
-    if cfg.rollout.engine == "vllm":
+    if rollout.engine == "vllm":
         from mopd.rollout.vllm_engine import VLLMRolloutEngine  # vLLM is an optional extra
 
-        return VLLMRolloutEngine(student, eos_ids(tok, student), cfg.rollout.vllm, seed=cfg.seed)
+        return VLLMRolloutEngine(student, eos_ids(tok, student), rollout.vllm, seed=seed)
     return HFRolloutEngine(student, tok.pad_token_id, eos_ids(tok, student))
 
 
@@ -217,7 +217,7 @@ def build_run(cfg: RunConfig, output_dir: str | None = None, name: str | None = 
     examples, verifiers = build_domains(cfg, tok, context_length(student))
     sampler = MixtureSampler(examples, {d.name: d.weight for d in cfg.domains}, seed=cfg.seed)
     optimizer, scheduler = build_optimizer(student, cfg.optim, dist.keeps_master_weights)
-    engine = build_engine(cfg, student, tok)
+    engine = build_engine(cfg.rollout, student, tok, cfg.seed)
     model, optimizer, scheduler = dist.prepare(student, optimizer, scheduler)
     return OnPolicyRun(
         model=model, tokenizer=tok, engine=dist.rollout_engine(engine, model),

@@ -31,7 +31,7 @@ def error_of(data: dict) -> str:
 def test_rollout_defaults_to_transformers_and_takes_vllm_settings():
     cfg = load(config())
     assert cfg.rollout.engine == "hf"
-    engine = build_engine(cfg, load_model(cfg.student), load_tokenizer(cfg.student))
+    engine = build_engine(cfg.rollout, load_model(cfg.student), load_tokenizer(cfg.student))
     assert isinstance(engine, HFRolloutEngine)  # no vLLM import on the default path
     cfg = load(config(), ["rollout.engine=vllm", "rollout.vllm.kv_cache_gb=0.5", "rollout.vllm.dtype=float32"])
     assert (cfg.rollout.engine, cfg.rollout.vllm.kv_cache_gb, cfg.rollout.vllm.dtype) == ("vllm", 0.5, "float32")

@@ -112,11 +112,10 @@ def stage_run_config(cfg: PipelineConfig, stage: RLStage, student_dir: str, weig
         algorithm = AlgorithmConfig(is_correction=None)
     optim = stage.optim if steps is None else stage.optim.model_copy(update={"steps": steps})
     return RunConfig(output_dir=str(out), seed=cfg.seed, objective="mopd" if teacher_dirs else "grpo",
-                     precision=cfg.precision,
-                     student=ModelSpec(path=student_dir), teachers=teachers, domains=domains, algorithm=algorithm,
-                     sampling=stage.sampling, verifier=cfg.verifier, optim=optim, checkpoint=CheckpointConfig(every=0, keep=1),
-                     logging=LoggingConfig(progress=True), rollout=cfg.rollout, teacher_pool=cfg.teacher_pool,
-                     distributed=cfg.distributed)
+                     precision=cfg.precision, student=ModelSpec(path=student_dir), teachers=teachers,
+                     domains=domains, algorithm=algorithm, sampling=stage.sampling, verifier=cfg.verifier, optim=optim,
+                     checkpoint=CheckpointConfig(every=0, keep=1), logging=LoggingConfig(progress=True),
+                     rollout=cfg.rollout, teacher_pool=cfg.teacher_pool, distributed=cfg.distributed)
 
 
 def onpolicy(run_cfg: RunConfig, name: str) -> OnPolicyRun:
@@ -137,13 +136,9 @@ def release(run: OnPolicyRun):
 
 def sampling_engine(cfg: PipelineConfig, model, tok):
     """The pipeline's rollout engine (`rollout.engine`) sampling from `model` (off-policy data)."""
-    run_cfg = RunConfig(student=ModelSpec(path="unused"), objective="grpo", rollout=cfg.rollout,
-                        domains=[DomainConfig(name=d.name, prompts=PromptSource(builtin=d.builtin)) for d in cfg.domains])
-    engine = build_engine(run_cfg, model, tok)
+    engine = build_engine(cfg.rollout, model, tok, cfg.seed)
     engine.sync_weights(model)
     return engine
-
-
 
 def train_with_curve(run: OnPolicyRun, points: int, on_point: Callable[[], Scores] | None,
                      seqs_per_step: int, offset: int = 0) -> list[tuple[int, Scores]]:
