@@ -45,7 +45,7 @@ def test_bad_rollout_settings_name_the_key():
 def test_vllm_teacher_needs_a_model_directory():
     ok = load(config({"name": "t", "kind": "vllm", "model": {"path": "some/dir"}, "vllm": {"enforce_eager": True}}))
     assert ok.teachers[0].kind == "vllm" and ok.teachers[0].vllm.enforce_eager
-    assert "needs 'model'" in error_of(config({"name": "t", "kind": "vllm"}))
+    assert "teachers.0.model: Field required" in error_of(config({"name": "t", "kind": "vllm"}))
     assert "HF model directory" in error_of(config({"name": "t", "kind": "vllm", "model": {"tiny": {}}}))
-    assert "only applies to kind 'vllm'" in error_of(
+    assert "['vllm'] only apply to kind 'vllm'" in error_of(
         config({"name": "t", "model": {"path": "d"}, "vllm": {"dtype": "float32"}}))
