@@ -134,6 +134,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="as bench_vs_trl.py (default: all cores)")
     p.add_argument("--attn", default=None, help="as bench_vs_trl.py")
+    p.add_argument("--accum", type=int, default=1, help="as bench_vs_trl.py (every setup alike)")
     p.add_argument("--vllm-compile", action="store_true", help="as bench_vs_trl.py")
     p.add_argument("--apart", action="store_true", help="each setup in its own run, one process resident at "
                    "a time (when the setups of a large cell do not fit in memory together); not in turn")
@@ -159,6 +160,7 @@ def run_cell(args, cell, setups: list[str], out: Path):
             "--out", str(out)]
     argv += (["--threads", str(args.threads)] if args.threads else []) + (["--attn", args.attn] if args.attn else [])
     argv += ["--vllm-compile"] if args.vllm_compile else []
+    argv += ["--accum", str(args.accum)]
     return bench_vs_trl.main(argv)
 
 
@@ -197,7 +199,7 @@ def main(argv=None) -> dict:
         models.append(cost_model(res, p * r, n, args.warmup, args.steps))
     results = {"benchmark": "matrix", "cpu": cpu, "setups": choice, "threads": threads, "wall_s": time.perf_counter() - t0,
                "settings": {"mopd_only": args.mopd_only, "apart": args.apart, "steps": args.steps, "warmup": args.warmup, "attn": args.attn,
-                            "vllm_compile": args.vllm_compile, "budget_min": args.budget_min},
+                            "vllm_compile": args.vllm_compile, "accum": args.accum, "budget_min": args.budget_min},
                "cells": cells, "skipped": skipped}
     rows = table_rows(results)
     print_table(f"mopd against TRL, tokens/s per cell ({threads} thread(s); share = achieved FLOP/s / measured matmul "

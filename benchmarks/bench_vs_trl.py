@@ -85,6 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--rollouts", type=int, default=1, help="completions per prompt (mopd: rollouts_per_prompt; "
                    "TRL: each prompt repeated as that many rows)")
     p.add_argument("--lr", type=float, default=1e-6)
+    p.add_argument("--accum", type=int, default=1, help="micro-batches per update, for every setup (mopd: "
+                   "optim.grad_accum_steps; TRL: gradient_accumulation_steps, its rows / ACCUM per micro-batch; "
+                   "both still sample the whole step's batch at once): for steps whose update does not fit whole")
     # The cores each setup may use. On a machine shared with other jobs, 1 is the robust choice:
     # two OpenMP threads per process fall several times behind when another process takes a core.
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -150,7 +153,7 @@ def mopd_config(args, setup: str, student: str, teacher: str, prompts: str):
         "domains": [{"name": "chat", "prompts": {"path": prompts}, "teacher": "teacher"}],
         "sampling": {"prompts_per_step": args.batch, "rollouts_per_prompt": args.rollouts, "temperature": 1.0,
                      "max_new_tokens": args.max_new_tokens, "ahead": int(setup.endswith("-ahead"))},
-        "optim": {"lr": args.lr, "grad_clip": 1.0, "steps": 10_000},
+        "optim": {"lr": args.lr, "grad_clip": 1.0, "steps": 10_000, "grad_accum_steps": args.accum},
         "logging": {"jsonl": False, "progress": False},
         # vLLM on a CPU: eager start-up (~20 s, not ~90 s) and an explicit KV cache (docs/vllm.md).
         "rollout": {"engine": "vllm" if "vllm" in setup else "hf",
@@ -220,9 +223,11 @@ class TRLStepper:
         data = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]}
                                   for q, _ in numbered_prompts(args.batch) for _ in range(args.rollouts)])
         self.rows = args.batch * args.rollouts
+        if self.rows % args.accum:
+            raise SystemExit(f"--accum {args.accum} does not divide the step's {self.rows} rows")
         cfg = DistillationConfig(
-            output_dir=str(args.work_dir / f"{setup}-run"), per_device_train_batch_size=self.rows,
-            gradient_accumulation_steps=1, max_steps=10_000, learning_rate=args.lr, lr_scheduler_type="constant",
+            output_dir=str(args.work_dir / f"{setup}-run"), per_device_train_batch_size=self.rows // args.accum,
+            gradient_accumulation_steps=args.accum, max_steps=10_000, learning_rate=args.lr, lr_scheduler_type="constant",
             max_grad_norm=1.0, max_completion_length=args.max_new_tokens, temperature=1.0,
             beta=1.0,  # reverse KL, as mopd; TRL's trainer is always on-policy (student-generated)
             bf16=setup in ("trl-bf16", "trl-bf16w"), gradient_checkpointing=False,  # TRL's defaults are True, True
@@ -382,7 +387,7 @@ def report(args, summary: dict, wall: float) -> dict:
     results = {"benchmark": "vs_trl", "ratios": ratios, "ratios_vs_each_trl_setup": every, "wall_s": wall,
                "settings": {"setups": args.setups, "batch": args.batch, "rollouts": args.rollouts, "max_new_tokens": args.max_new_tokens,
                             "lr": args.lr, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
-                            "device": args.device, "attn": args.attn, "vllm_compile": args.vllm_compile},
+                            "device": args.device, "attn": args.attn, "vllm_compile": args.vllm_compile, "accum": args.accum},
                "results": summary}
     write_json(args.out or args.work_dir / "vs_trl.json", results)
     return results

@@ -45,3 +45,27 @@ def test_micro_pipeline_runs_every_stage_and_reports(tmp_path):
 
     rebuilt = runner.invoke(app, ["report", str(out)])
     assert rebuilt.exit_code == 0 and "MOPD" in rebuilt.output
+
+
+def test_lora_and_self_anchor_variants_train_beside_plain_mopd(tmp_path):
+    """`--set variants=...` adds a LoRA student and a self-anchored MOPD to the table; the LoRA
+    stage hands on a plain model directory (adapter merged) that moved away from the init."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "micro"
+    variants = ("variants=[{name: lora, lora: {r: 4, lora_alpha: 8, target_modules: all-linear}, lr: 0.01},"
+                " {name: anchor, self_anchor: 0.25}]")
+    result = CliRunner().invoke(app, ["reproduce", "--preset", "micro", "--set", "baselines=[]", "--set", variants,
+                                      "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["method"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
+    assert set(rows) == {"MOPD", "MOPD (lora)", "MOPD (anchor)"}
+    assert rows["MOPD (lora)"]["sequences"] == rows["MOPD (anchor)"]["sequences"] == rows["MOPD"]["sequences"]
+    lora_dir = out / "mopd_lora" / "model"
+    assert not (lora_dir / "adapter_config.json").exists()
+    init, lora = load_file(out / "sft" / "model" / "model.safetensors"), load_file(lora_dir / "model.safetensors")
+    assert init.keys() == lora.keys()
+    moved = [k for k in init if not (init[k] == lora[k]).all()]
+    assert moved and all("proj" in k for k in moved)  # LoRA on the linear layers only: norms and embeddings kept
+    metrics = [json.loads(line) for line in (out / "mopd_anchor" / "metrics.jsonl").read_text().splitlines()]
+    assert all("reverse_kl_to/init/reversal" in m and "reverse_kl_to/teacher_reversal/reversal" in m for m in metrics)

@@ -71,3 +71,45 @@ def test_the_example_pipeline_file_is_the_tiny_preset_written_out():
     written = load_config(path, PipelineConfig, ["output_dir=runs/demo"])
     preset = PRESETS["tiny"]().model_copy(update={"output_dir": "runs/demo"})
     assert written == preset
+
+
+def test_a_lora_variant_trains_an_adapter_with_its_own_lr_and_the_same_budget(tmp_path):
+    from mopd.pipeline.methods import mopd_budget
+    from mopd.pipeline.variants import MOPDVariant, variant_config
+
+    cfg = micro()
+    v = variant_config(cfg, MOPDVariant(name="lora", lora={"r": 4, "target_modules": "all-linear"}, lr=1e-3))
+    run = stage_run_config(v, v.mopd, "init", {"reversal": 1.0}, tmp_path, {"reversal": "t_rev"})
+    assert run.student.lora == {"r": 4, "target_modules": "all-linear"} and run.optim.lr == 1e-3
+    assert (run.optim.steps, mopd_budget(v)) == (cfg.mopd.optim.steps, mopd_budget(cfg))
+    assert cfg.mopd.lora is None and stage_run_config(cfg, cfg.mopd, "init", {"reversal": 1.0}, tmp_path,
+                                                      {"reversal": "t_rev"}).student.lora is None
+
+
+def test_a_self_anchor_mixes_the_students_start_into_every_domains_teacher(tmp_path, monkeypatch):
+    from mopd.config.schema import RunConfig
+    from mopd.pipeline import stages
+    from mopd.pipeline.variants import MOPDVariant, variant_config
+
+    cfg = micro()
+    v = variant_config(cfg, MOPDVariant(name="anchor", self_anchor=0.25))
+    run = stage_run_config(v, v.mopd, "init", {"reversal": 1.0, "sorting": 1.0}, tmp_path / "a",
+                           {"reversal": "t_rev", "sorting": "t_sort"})
+    assert {t.name: t.kind for t in run.teachers} == {"teacher_reversal": "hf", "teacher_sorting": "hf", "init": "self"}
+    assert {d.name: d.route for d in run.domains} == {
+        "reversal": [("teacher_reversal", 0.75), ("init", 0.25)], "sorting": [("teacher_sorting", 0.75), ("init", 0.25)]}
+    # The stage's run_config.json (written without defaults) still says which teacher is the `self` one.
+    monkeypatch.setattr(stages, "build_run", lambda c, name=None: c)
+    stages.onpolicy(run, "MOPD (anchor)")
+    assert load_config(tmp_path / "a" / "run_config.json", RunConfig, []) == run
+
+
+def test_self_anchor_is_refused_on_a_grpo_stage():
+    import pytest
+
+    from mopd.config.load import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher.self_anchor"):
+        micro("teacher.self_anchor=0.2")
+    with pytest.raises(ConfigError, match="self_anchor"):
+        micro("mopd.self_anchor=1.0")  # a weight of 1 would leave the domain's teacher out

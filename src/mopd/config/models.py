@@ -9,10 +9,20 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter,
+                      model_serializer, model_validator)
 
 DType = Literal["float32", "bfloat16", "float16"]
+
+
+def _check_lora(v: dict | None) -> dict | None:
+    from mopd.models.lora import check_lora  # imports peft, only when LoRA is asked for
+
+    return None if v is None else check_lora(v)
+
+
+# peft's LoraConfig fields (checked against peft's own), or {path: ADAPTER_DIR}.
+LoraOptions = Annotated[dict | None, AfterValidator(_check_lora)]
 
 
 class Strict(BaseModel):
@@ -41,14 +51,7 @@ class ModelSpec(Strict):
     attn_implementation: str | None = None
     # Students only: train a LoRA adapter (peft's LoraConfig fields), or {path: ADAPTER_DIR} to
     # continue an existing one (mopd.models.lora, docs/lora.md).
-    lora: dict | None = None
-
-    @field_validator("lora")
-    @classmethod
-    def _lora_keys(cls, v: dict | None) -> dict | None:
-        from mopd.models.lora import check_lora  # imports peft, only when LoRA is asked for
-
-        return None if v is None else check_lora(v)
+    lora: LoraOptions = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
@@ -82,6 +85,11 @@ class _Teacher(Strict):
 
     name: str
     kind: str  # each kind narrows it to its own name
+
+    @model_serializer(mode="wrap")
+    def _with_kind(self, handler):
+        # The union is keyed on `kind`: a dump without defaults (a stage's run_config.json) must keep it.
+        return {"name": self.name, "kind": self.kind, **handler(self)}
 
     @model_validator(mode="before")
     @classmethod

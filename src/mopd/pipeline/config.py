@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from mopd.config.models import LoraOptions
 from mopd.config.precision import Precision
 from mopd.config.schema import (AlgorithmConfig, DistributedConfig, ModelSpec, OptimConfig, RolloutConfig, SamplingConfig,
                                 Strict, TeacherPoolConfig, TinyModel, VerifierConfig, check_outcome_term)
@@ -35,6 +36,12 @@ class RLStage(Strict):
 
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(prompts_per_step=32, max_new_tokens=8))
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=3e-4, steps=100, warmup_steps=5))
+    # The student trains a LoRA adapter (peft's LoraConfig fields, as `student.lora` of a run
+    # config); the stage's model directory holds the adapter merged in, a plain HF model.
+    lora: LoraOptions = None
+    # The mopd stage only: each domain's teacher mixed with the student's frozen start (a `self`
+    # teacher) at this weight, an anchor that keeps the student near where it began.
+    self_anchor: float | None = Field(None, gt=0, lt=1)
 
     @property
     def sequences_per_step(self) -> int:
@@ -100,6 +107,11 @@ class PipelineConfig(Strict):
         check_outcome_term(self.algorithm, self.mopd.sampling.rollouts_per_prompt, "mopd.sampling.rollouts_per_prompt")
         if len({v.name for v in self.variants}) != len(self.variants):
             raise ValueError("variants: each needs its own name")
+        for key in ("teacher", "baseline_rl"):
+            stage = getattr(self, key)
+            if stage is not None and stage.self_anchor is not None:
+                raise ValueError(f"{key}.self_anchor: a GRPO stage has no teacher to mix the anchor with "
+                                 "(mopd stage only)")
         if self.cascade_order is not None and sorted(self.cascade_order) != sorted(names):
             raise ValueError(f"cascade_order {self.cascade_order} must list each domain once: {names}")
         return self

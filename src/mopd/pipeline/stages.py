@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from mopd.build import build_engine, build_run, domain_data
+from mopd.config.models import SelfTeacherConfig
 from mopd.config.schema import (AlgorithmConfig, CheckpointConfig, DomainConfig, LoggingConfig, ModelSpec,
-                                PromptSource, RunConfig, TeacherConfig)
+                                PromptSource, RunConfig, TeacherConfig, TeacherShare)
 from mopd.domains.base import Example
 from mopd.domains.registry import build_domain
 from mopd.eval.evaluate import evaluate_domain
@@ -103,7 +104,9 @@ def stage_run_config(cfg: PipelineConfig, stage: RLStage, student_dir: str, weig
     them (MOPD), without them it runs GRPO on the domains' verifiers."""
     by_name = {d.name: d for d in cfg.domains}
     teachers = [TeacherConfig(name=f"teacher_{d}", model=ModelSpec(path=p)) for d, p in (teacher_dirs or {}).items()]
-    domains = [DomainConfig(name=d, weight=w, teacher=f"teacher_{d}" if teacher_dirs else None,
+    if teacher_dirs and stage.self_anchor:
+        teachers.append(SelfTeacherConfig(name=ANCHOR))
+    domains = [DomainConfig(name=d, weight=w, teacher=_teacher_of(d, stage) if teacher_dirs else None,
                             prompts=PromptSource(builtin=by_name[d].builtin, params=by_name[d].params))
                for d, w in weights.items()]
     algorithm = cfg.algorithm
@@ -112,10 +115,21 @@ def stage_run_config(cfg: PipelineConfig, stage: RLStage, student_dir: str, weig
         algorithm = AlgorithmConfig(is_correction=None)
     optim = stage.optim if steps is None else stage.optim.model_copy(update={"steps": steps})
     return RunConfig(output_dir=str(out), seed=cfg.seed, objective="mopd" if teacher_dirs else "grpo",
-                     precision=cfg.precision, student=ModelSpec(path=student_dir), teachers=teachers,
+                     precision=cfg.precision, student=ModelSpec(path=student_dir, lora=stage.lora), teachers=teachers,
                      domains=domains, algorithm=algorithm, sampling=stage.sampling, verifier=cfg.verifier, optim=optim,
                      checkpoint=CheckpointConfig(every=0, keep=1), logging=LoggingConfig(progress=True),
                      rollout=cfg.rollout, teacher_pool=cfg.teacher_pool, distributed=cfg.distributed)
+
+
+ANCHOR = "init"  # the `self` teacher of a stage with a self_anchor: the student's frozen start
+
+
+def _teacher_of(domain: str, stage: RLStage):
+    """A domain's teacher in a MOPD stage: its own, or that mixed with the anchor."""
+    if not stage.self_anchor:
+        return f"teacher_{domain}"
+    return [TeacherShare(name=f"teacher_{domain}", weight=1 - stage.self_anchor),
+            TeacherShare(name=ANCHOR, weight=stage.self_anchor)]
 
 
 def onpolicy(run_cfg: RunConfig, name: str) -> OnPolicyRun:
@@ -155,5 +169,9 @@ def train_with_curve(run: OnPolicyRun, points: int, on_point: Callable[[], Score
 
 def finish(name: str, run_model, tok, out: Path, sequences: int, t0: float, scores: Scores,
            curve=None) -> StageResult:
+    from mopd.models.lora import is_peft
+
+    if is_peft(run_model):  # every stage hands on a plain model directory (merges, next round, eval)
+        run_model = run_model.merge_and_unload()
     save_pretrained(run_model, tok, out / "model")
     return StageResult(name, str(out / "model"), sequences, time.perf_counter() - t0, scores, curve or [])

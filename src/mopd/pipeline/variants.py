@@ -1,8 +1,9 @@
 """MOPD variants run beside plain MOPD in one table, on the same SFT init, teachers and budget.
 
 A variant changes only what it names: the outcome-reward term (`alpha`, with several rollouts
-per prompt so that a group has something to normalise over), the loss (`topk`), or how the
-domain mixture moves (`mixture: {mode: tokens | gap}`). Steps and sequences per step stay those
+per prompt so that a group has something to normalise over), the loss (`topk`), how the
+domain mixture moves (`mixture: {mode: tokens | gap}`), a LoRA student (`lora`, usually with
+its own `lr`), or a `self_anchor` mixed into every domain's teacher. Steps and sequences per step stay those
 of the `mopd` stage, so every variant samples the same number of sequences as plain MOPD.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from mopd.config.models import LoraOptions
 from mopd.config.schema import MixtureConfig, Strict
 
 
@@ -20,6 +22,9 @@ class MOPDVariant(Strict):
     topk: int | None = Field(None, gt=0)
     rollouts_per_prompt: int | None = Field(None, gt=0)  # prompts per step shrink to keep the budget
     mixture: MixtureConfig | None = None
+    lora: LoraOptions = None  # the student trains a LoRA adapter (peft's LoraConfig fields)
+    self_anchor: float | None = Field(None, gt=0, lt=1)  # weight of the student's start in each teacher mixture
+    lr: float | None = Field(None, gt=0)  # the stage's learning rate (a LoRA adapter wants a larger one)
 
     @model_validator(mode="after")
     def _check(self) -> "MOPDVariant":
@@ -42,7 +47,10 @@ def variant_config(cfg, v: MOPDVariant):
                                                "rollouts_per_prompt": v.rollouts_per_prompt})
     if v.mixture is not None:
         sampling = sampling.model_copy(update={"mixture": v.mixture})
-    stage = cfg.mopd.model_copy(update={"sampling": sampling})
+    update = {"sampling": sampling, **{k: getattr(v, k) for k in ("lora", "self_anchor") if getattr(v, k) is not None}}
+    if v.lr is not None:
+        update["optim"] = cfg.mopd.optim.model_copy(update={"lr": v.lr})
+    stage = cfg.mopd.model_copy(update=update)  # validated with the whole config below
     data = cfg.model_dump()
     data.update(algorithm=algo.model_dump(), mopd=stage.model_dump(), variants=[])
     return type(cfg).model_validate(data)

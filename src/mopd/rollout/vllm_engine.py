@@ -19,6 +19,7 @@ scoring on the overlapped loop's worker thread) must not run at once: both take 
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 from contextlib import contextmanager
 
@@ -28,6 +29,8 @@ from mopd.config.schema import VLLMOptions
 from mopd.models.lora import is_peft, merged_state_dict
 from mopd.models.vllm_startup import DTYPE_NAMES, VLLM_LOCK, check_head_dim, start_llm
 from mopd.rollout.engine import Completion, RolloutEngine, check_prompts, stop_token_ids
+
+log = logging.getLogger(__name__)
 
 
 def reload_in_worker(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
@@ -60,6 +63,7 @@ class VLLMRolloutEngine(RolloutEngine):
             self.llm = start_llm(d, opts, dtype, seed, load_format="dummy", enable_sleep_mode=self.use_sleep)
         self.model = model
         self.stale = True  # the engine holds dummy weights until the first push
+        self.pushes = 0
         self.asleep = False
         self._held = 0  # open awake() blocks: no sleep between generate() calls inside them
 
@@ -89,6 +93,8 @@ class VLLMRolloutEngine(RolloutEngine):
             # Cached prefixes hold keys/values computed with the old weights.
             self.llm.reset_prefix_cache()
         self.stale = False
+        self.pushes += 1
+        log.debug("pushed the trainer's weights into the vLLM engine (push %d)", self.pushes)
 
     def ready(self) -> None:
         """Take pending weights now (deferred by `defer_weights`, or while asleep), not at the next generate()."""
