@@ -1,25 +1,18 @@
 """The arithmetic of the benchmark matrix: FLOPs per completion token against a hand count for a
 tiny config, the share of the limit, the cells, the setups per CPU, the time estimate, the table."""
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load_scripts
 
 BENCH = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
 def mods():
-    sys.path.insert(0, str(BENCH))  # the scripts import their neighbours by name
-    try:
-        import bench_matrix
-        import limits
-
-        yield bench_matrix, limits
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from load_scripts("bench_matrix", "limits")
 
 
 # hidden 8, 2 layers, 2 heads of 4, 1 KV head, MLP 16, vocabulary 10

@@ -1,26 +1,15 @@
 """The pure helpers of benchmarks/bench_vllm_lora.py: the rank vLLM is started with, the
 comparison of two engines' completions, and the adapter nudge that stands in for an update."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-BENCH = Path(__file__).parents[1]
+from bench_scripts import load_scripts
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))  # the script imports common by name
-    try:
-        spec = importlib.util.spec_from_file_location("bench_vllm_lora", BENCH / "bench_vllm_lora.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from load_scripts("bench_vllm_lora")
 
 
 @pytest.mark.parametrize("r, expected", [(1, 1), (2, 8), (8, 8), (9, 16), (16, 16), (17, 32), (300, 320), (512, 512)])

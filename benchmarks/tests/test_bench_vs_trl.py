@@ -1,28 +1,17 @@
 """The arithmetic of benchmarks/bench_vs_trl.py: which TRL setup the headline ratio is against,
 tokens per second over a run, the ratios it writes, and the share of the weights that moved."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
-
-BENCH = Path(__file__).parents[1]
+from bench_scripts import load_scripts
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))  # the script imports its neighbours (common, lockstep) by name
-    try:
-        spec = importlib.util.spec_from_file_location("bench_vs_trl", BENCH / "bench_vs_trl.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from load_scripts("bench_vs_trl")
 
 
 def step(tokens, wall, cpu, gen=1.0, teacher=0.5, **extra):

@@ -215,6 +215,10 @@ def build_run(cfg: RunConfig, output_dir: str | None = None, name: str | None = 
     student.to(dist.device)  # before the teachers: local ones (and 'self' copies) follow it
     objective = build_objective(cfg, student, tok)
     examples, verifiers = build_domains(cfg, tok, context_length(student))
+    unverified = [d.name for d in cfg.domains if d.name not in verifiers]
+    if cfg.objective == "grpo" and unverified:  # else every reward is 0 and GRPO learns nothing
+        raise DataError(f"objective 'grpo' learns from each domain's verifier; domains {unverified} have none: "
+                         "give each a built-in prompt set or domains[].verifier")
     sampler = MixtureSampler(examples, {d.name: d.weight for d in cfg.domains}, seed=cfg.seed)
     optimizer, scheduler = build_optimizer(student, cfg.optim, dist.keeps_master_weights)
     engine = build_engine(cfg.rollout, student, tok, cfg.seed)

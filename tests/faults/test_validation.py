@@ -140,3 +140,16 @@ def test_a_remote_teacher_that_does_not_answer(tmp_path):
     assert not (tmp_path / "out").exists()
     res = runner.invoke(app, ["check", str(tmp_path / "run.yaml")])
     assert res.exit_code == 1 and "is the server running" in res.output  # `mopd check` probes it too
+
+
+def test_grpo_on_a_domain_without_a_verifier(tmp_path):
+    # Prompts from a file have no verifier unless one is named: GRPO would see reward 0 everywhere.
+    data = with_file(tmp_path, "rev.jsonl", json.dumps({"prompt": "abc"}) + "\n")
+    data.update(objective="grpo", teachers=[])
+    for d in data["domains"]:
+        d.pop("teacher")
+    code, out = distill(tmp_path, data)
+    assert code == 1 and "domains ['rev'] have none: give each a built-in prompt set or domains[].verifier" in out
+    data["domains"][0]["verifier"] = "reversal"
+    code, out = distill(tmp_path, data)
+    assert code == 0, out
