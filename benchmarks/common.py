@@ -203,3 +203,41 @@ def write_json(path: Path, results: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- worker processes
+
+def setup_threads(args, setup: str) -> int:
+    """Torch threads of one side of a setup: '-ahead' runs update and sampling at once, half each."""
+    return max(1, args.threads // 2) if setup.endswith("-ahead") else args.threads
+
+
+def worker_env(args, setup: str = "") -> None:
+    """Threads, and vLLM's / torch.compile's caches under the work directory."""
+    torch.set_num_threads(setup_threads(args, setup))
+    for var, sub in (("VLLM_CACHE_ROOT", "vllm-cache"), ("TORCHINDUCTOR_CACHE_DIR", "inductor-cache")):
+        os.environ.setdefault(var, str((args.work_dir / sub).resolve()))
+    if setup.startswith("trl-vllm") and args.device == "cpu":
+        # TRL gives vLLM no KV cache size; on a CPU vLLM would take 30% of the RAM (its
+        # gpu_memory_utilization) as cache. 1 GiB is ample for 8 short completions.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+def max_model_len(args) -> int:
+    """Room for a chat prompt (under 100 tokens here) and the completion."""
+    return max(512, 128 + args.max_new_tokens)
+
+
+def weights_moved(stepped: list[tuple[str, torch.Tensor, torch.dtype]], start_dir: str) -> float:
+    """Share of the weights the optimiser steps that differ from where training started. bf16
+    weights stepped in place lose every update below their rounding step (~1e-4 near 0.02)."""
+    from safetensors.torch import load_file
+
+    start = {}
+    for f in Path(start_dir).glob("*.safetensors"):
+        start.update(load_file(f))
+    moved = total = 0
+    for name, t, loaded in stepped:
+        moved += int((t.detach() != start[name].to(device=t.device, dtype=loaded).to(t.dtype)).sum())
+        total += t.numel()
+    return moved / total
