@@ -140,6 +140,9 @@ def parse_args(argv=None):
                    "a time (when the setups of a large cell do not fit in memory together); not in turn")
     p.add_argument("--mopd-only", action="store_true", help="mopd's two settings, no TRL (cells where TRL "
                    "does not fit the time): no ratio, the share of the limit still")
+    p.add_argument("--setups-for", choices=["this-cpu", "native-bf16", "emulated-bf16"], default="this-cpu",
+                   help="race the setups chosen for this CPU, or those of a CPU with or without native bf16 "
+                        "(emulated-bf16 on a bf16 CPU: the float32 fallback, whose matmuls use no bf16 units)")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR)
     p.add_argument("--out", type=Path, default=None, help="JSON (default: WORK_DIR/matrix.json)")
     args = p.parse_args(argv)
@@ -168,7 +171,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     cpu = cpu_facts()
-    choice = setups_for(cpu["native_bf16"])
+    choice = setups_for({"this-cpu": cpu["native_bf16"], "native-bf16": True, "emulated-bf16": False}[args.setups_for])
     setups = [choice["fast"], choice["onpolicy"], *([] if args.mopd_only else choice["trl"])]
     student = str(student_dir(args.work_dir))
     teacher_dir(args.work_dir)
@@ -199,7 +202,8 @@ def main(argv=None) -> dict:
         models.append(cost_model(res, p * r, n, args.warmup, args.steps))
     results = {"benchmark": "matrix", "cpu": cpu, "setups": choice, "threads": threads, "wall_s": time.perf_counter() - t0,
                "settings": {"mopd_only": args.mopd_only, "apart": args.apart, "steps": args.steps, "warmup": args.warmup, "attn": args.attn,
-                            "vllm_compile": args.vllm_compile, "accum": args.accum, "budget_min": args.budget_min},
+                            "vllm_compile": args.vllm_compile, "accum": args.accum, "setups_for": args.setups_for,
+                            "budget_min": args.budget_min},
                "cells": cells, "skipped": skipped}
     rows = table_rows(results)
     print_table(f"mopd against TRL, tokens/s per cell ({threads} thread(s); share = achieved FLOP/s / measured matmul "
