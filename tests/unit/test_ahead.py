@@ -200,6 +200,9 @@ def test_the_config_refuses_ahead_by_the_same_rules(tmp_path):
         config(tmp_path, engine="vllm", algorithm={"is_correction": None})
     with pytest.raises(ConfigError, match="mixture.mode"):
         config(tmp_path, engine="vllm", sampling={"prompts_per_step": 6, "ahead": 1, "mixture": {"mode": "tokens"}})
+    with pytest.raises(ConfigError, match="'self' teacher of a LoRA student"):
+        config(tmp_path, engine="vllm", student={"tiny": {"seed": 1}, "lora": {"r": 2}},
+               teachers=[{"name": "t_rev", "kind": "self"}, {"name": "t_sort", "model": {"tiny": {"seed": 12}}}])
     assert config(tmp_path, engine="vllm").sampling.ahead == 1  # the same settings, vLLM, IS on: accepted
 
 
