@@ -70,6 +70,20 @@ class TokenBatch:
     def size(self) -> int:
         return self.input_ids.shape[0]
 
+    def length_buckets(self, max_rows: int, max_tokens: int | None = None) -> list[torch.Tensor]:
+        """Row groups for micro-batches, shortest rows first: each of at most `max_rows` rows and,
+        padded to its longest row, at most `max_tokens` tokens (a longer row goes alone). Little
+        compute then goes to padding, and the matmuls stay as large (rows x positions)."""
+        lengths = self.attention_mask.sum(-1)
+        groups, current = [], []
+        for i in torch.argsort(lengths, stable=True).tolist():
+            longest = int(lengths[i])  # ascending: each newcomer is its group's longest row
+            if current and (len(current) == max_rows or (max_tokens and (len(current) + 1) * longest > max_tokens)):
+                groups.append(torch.tensor(current))
+                current = []
+            current.append(i)
+        return groups + [torch.tensor(current)] if current else groups
+
     def select(self, rows: torch.Tensor | list[int]) -> "TokenBatch":
         """A sub-batch of `rows`, trimmed to its own longest sequence."""
         rows = torch.as_tensor(rows, dtype=torch.long)

@@ -18,11 +18,12 @@ from mopd.teachers.base import Teacher, TeacherScores
 
 class HFTeacher(Teacher):
     def __init__(self, name: str, model, micro_batch_size: int = 32, chunk_size: int = 1024,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, micro_batch_tokens: int | None = 8192):
         self.name = name
         self.temperature = temperature
         self.model = model.eval().requires_grad_(False)
         self.micro_batch_size = micro_batch_size
+        self.micro_batch_tokens = micro_batch_tokens  # padded tokens per forward, at most
         self.chunk_size = chunk_size
 
     @classmethod
@@ -35,20 +36,24 @@ class HFTeacher(Teacher):
 
     @torch.inference_mode()
     def score(self, batch: TokenBatch, topk: int = 0) -> TeacherScores:
+        """Log-probs of the batch's tokens, in micro-batches of rows of similar length (completions
+        of a step range from a few tokens to the limit: in arrival order most of a forward would
+        run over padding)."""
         device = next(self.model.parameters()).device
-        parts = []
-        for s in range(0, batch.size, self.micro_batch_size):
-            mb = batch.select(list(range(s, min(s + self.micro_batch_size, batch.size))))
-            parts.append(token_logprobs(
-                self.model, mb.input_ids.to(device), mb.attention_mask.to(device), mb.gen_mask.to(device),
-                temperature=self.temperature, topk=topk, chunk_size=self.chunk_size))
-        T = batch.input_ids.shape[1]
-        pad = lambda t: torch.nn.functional.pad(t.cpu(), (0, 0) * (t.dim() - 2) + (0, T - t.shape[1]))  # noqa: E731
-        return TeacherScores(
-            logprobs=torch.cat([pad(p.logprobs) for p in parts]),
-            topk_ids=torch.cat([pad(p.topk_ids) for p in parts]) if topk else None,
-            topk_logprobs=torch.cat([pad(p.topk_logprobs) for p in parts]) if topk else None,
-        )
+        B, T = batch.input_ids.shape
+        out = TeacherScores(logprobs=torch.zeros(B, T), topk_ids=torch.zeros(B, T, topk, dtype=torch.long) if topk else None,
+                            topk_logprobs=torch.zeros(B, T, topk) if topk else None)
+        for rows in batch.length_buckets(self.micro_batch_size, self.micro_batch_tokens):
+            mb = batch.select(rows)
+            part = token_logprobs(self.model, mb.input_ids.to(device), mb.attention_mask.to(device),
+                                  mb.gen_mask.to(device), temperature=self.temperature, topk=topk,
+                                  chunk_size=self.chunk_size)
+            n = mb.input_ids.shape[1]
+            out.logprobs[rows, :n] = part.logprobs.float().cpu()
+            if topk:
+                out.topk_ids[rows, :n] = part.topk_ids.cpu()
+                out.topk_logprobs[rows, :n] = part.topk_logprobs.float().cpu()
+        return out
 
 
 class AdapterOffTeacher(Teacher):
@@ -61,9 +66,10 @@ class AdapterOffTeacher(Teacher):
     """
 
     def __init__(self, name: str, student, micro_batch_size: int = 32, chunk_size: int = 1024,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, micro_batch_tokens: int | None = 8192):
         self.name, self.model, self.temperature = name, student, temperature
         self.micro_batch_size, self.chunk_size = micro_batch_size, chunk_size
+        self.micro_batch_tokens = micro_batch_tokens
 
     def score(self, batch: TokenBatch, topk: int = 0) -> TeacherScores:
         was_training = self.model.training
