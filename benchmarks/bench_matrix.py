@@ -143,6 +143,10 @@ def parse_args(argv=None):
     p.add_argument("--setups-for", choices=["this-cpu", "native-bf16", "emulated-bf16"], default="this-cpu",
                    help="race the setups chosen for this CPU, or those of a CPU with or without native bf16 "
                         "(emulated-bf16 on a bf16 CPU: the float32 fallback, whose matmuls use no bf16 units)")
+    p.add_argument("--trl-setups", default=None, help="comma-separated TRL setups to race (default: those chosen "
+                   "for the CPU)")
+    p.add_argument("--reuse", action="store_true", help="with --apart: read a setup's results from an earlier run "
+                   "of the cell (its matrix-CELL-SETUP.json, same settings) instead of running it again")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR)
     p.add_argument("--out", type=Path, default=None, help="JSON (default: WORK_DIR/matrix.json)")
     args = p.parse_args(argv)
@@ -151,10 +155,24 @@ def parse_args(argv=None):
     return args
 
 
+def reused(path: Path, args) -> dict | None:
+    """With --reuse, a setup's results from an earlier --apart run of the same cell and settings."""
+    if not (args.reuse and path.is_file()):
+        return None
+    res = json.loads(path.read_text())
+    same = {k: res["settings"].get(k) for k in ("steps", "warmup", "threads", "attn", "vllm_compile", "accum")}
+    wanted = {k: getattr(args, k) for k in same} | {"threads": args.threads or bench_vs_trl.parse_args([]).threads}
+    if same != wanted:
+        raise SystemExit(f"--reuse: {path} was measured with {same}; move it away or match its settings")
+    print(f"reusing {path}")
+    return res
+
+
 def run_cell(args, cell, setups: list[str], out: Path):
     """One lockstep run of bench_vs_trl.py over the setups; with --apart one run per setup, merged."""
     if args.apart and len(setups) > 1:
-        runs = [run_cell(args, cell, [s], out.with_name(f"{out.stem}-{s}.json")) for s in setups]
+        runs = [reused(out.with_name(f"{out.stem}-{s}.json"), args) or run_cell(args, cell, [s], out.with_name(f"{out.stem}-{s}.json"))
+                for s in setups]
         return {"apart": True, "wall_s": sum(x["wall_s"] for x in runs),
                 "results": {k: v for x in runs for k, v in x["results"].items()}}
     p, r, n = cell
@@ -172,6 +190,8 @@ def main(argv=None) -> dict:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     cpu = cpu_facts()
     choice = setups_for({"this-cpu": cpu["native_bf16"], "native-bf16": True, "emulated-bf16": False}[args.setups_for])
+    if args.trl_setups:
+        choice["trl"] = [t.strip() for t in args.trl_setups.split(",") if t.strip()]
     setups = [choice["fast"], choice["onpolicy"], *([] if args.mopd_only else choice["trl"])]
     student = str(student_dir(args.work_dir))
     teacher_dir(args.work_dir)

@@ -123,3 +123,19 @@ def test_table_rows_without_trl(mods):
            "mopd-vllm": {**summary(300, 4.0), "limit": {"share": 0.075}}}
     rows = m.table_rows({"setups": m.setups_for(False), "cells": {"16x8x32": {"results": res}}})
     assert rows == [["16x8x32", 100.0, 75.0, "-", "-", "-", "-", "-", "10.0%", "7.5%"]]
+
+
+def test_reuse_reads_a_setups_earlier_results_only_when_asked_and_alike(mods, tmp_path):
+    import argparse
+    import json
+
+    bench_matrix, _ = mods
+    settings = {"steps": 1, "warmup": 1, "threads": 1, "attn": "eager", "vllm_compile": False, "accum": 4}
+    path = tmp_path / "matrix-64x256-trl.json"
+    path.write_text(json.dumps({"settings": settings, "results": {"trl": {"tokens_per_s": 3.0}}, "wall_s": 9}))
+    args = argparse.Namespace(reuse=True, **settings)
+    assert bench_matrix.reused(path, args)["results"]["trl"]["tokens_per_s"] == 3.0
+    assert bench_matrix.reused(path, argparse.Namespace(**{**vars(args), "reuse": False})) is None
+    assert bench_matrix.reused(tmp_path / "missing.json", args) is None
+    with pytest.raises(SystemExit, match="accum"):
+        bench_matrix.reused(path, argparse.Namespace(**{**vars(args), "accum": 1}))
