@@ -49,3 +49,43 @@ def test_teacher_scores_in_buckets_equal_each_row_scored_alone(topk):
         if topk:
             assert torch.equal(scores.topk_ids[i, :n], alone.topk_ids[0])
             torch.testing.assert_close(scores.topk_logprobs[i, :n], alone.topk_logprobs[0], atol=1e-5, rtol=1e-5)
+
+
+def test_every_rank_runs_as_many_micro_batches():
+    from mopd.training.update import micro_batches
+
+    class OtherRankHasSeven:
+        def all_max(self, n):
+            return max(n, 7)
+
+    _, batch = batch_of([3, 1, 4, 1, 5, 9, 2, 6, 5, 3])
+    assert len(micro_batches(batch, 2)) == 2
+    parts = micro_batches(batch, 2, dist=OtherRankHasSeven())
+    assert len(parts) == 7 and sorted(i for p in parts for i in p.tolist()) == list(range(10))
+    assert len(micro_batches(batch, 1, max_tokens=12, dist=OtherRankHasSeven())) >= 7
+
+
+@pytest.mark.parametrize("accum, tokens", [(1, 10**9), (3, 10**9), (1, 25), (2, 40)])
+def test_the_update_gradient_does_not_depend_on_the_grouping(accum, tokens):
+    from mopd.config.schema import AlgorithmConfig
+    from mopd.objectives.mopd import MOPDObjective
+    from mopd.training.update import update_step
+
+    tok = char_tokenizer()
+    model = tiny_model(tok, seed=4)
+    _, batch = batch_of([2, 17, 5, 9, 1, 12, 4, 15], seed=1)
+    g = torch.Generator().manual_seed(0)
+    signals = {"lp_teacher": -torch.rand(batch.input_ids.shape, generator=g) * batch.gen_mask}
+    objective = MOPDObjective(None, AlgorithmConfig(is_correction=None))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+    def grads(a, n):
+        scalars, _ = update_step(model, opt, sched, batch, signals, objective, a, None, micro_batch_tokens=n)
+        return scalars["loss"], [p.grad.clone() for p in model.parameters()]
+
+    loss_whole, whole = grads(1, 10**9)
+    loss, grouped = grads(accum, tokens)
+    assert loss == pytest.approx(loss_whole, rel=1e-5, abs=1e-7)
+    for a, b in zip(whole, grouped):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

@@ -79,6 +79,10 @@ class Local:
         """Each value summed over the ranks (one collective for all of them)."""
         return list(values)
 
+    def all_max(self, value: int) -> int:
+        """The largest of the ranks' values."""
+        return value
+
     def mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         return metrics
 
@@ -194,6 +198,13 @@ class Accelerated(Local):
             return list(values)
         total = self.acc.reduce(torch.tensor(values, dtype=torch.float64, device=self.device), "sum")
         return [float(v) for v in total]
+
+    def all_max(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.long, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t)
 
     def mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         if self.world == 1:

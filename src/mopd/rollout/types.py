@@ -15,6 +15,12 @@ import torch
 from mopd.domains.base import Example
 
 
+# Padded tokens per forward on a CPU unless set (the update's optim.micro_batch_tokens, teacher
+# scoring): its matmuls are as fast over ~1K positions as over more, and a whole 64 x 300-token
+# batch ran 4x slower than 1K-token micro-batches (docs/benchmarks.md, "Length buckets").
+CPU_MICRO_BATCH_TOKENS = 1024
+
+
 @dataclass
 class Rollout:
     domain: str

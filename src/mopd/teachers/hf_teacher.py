@@ -12,18 +12,19 @@ import copy
 import torch
 
 from mopd.models.logprobs import token_logprobs
-from mopd.rollout.types import TokenBatch
+from mopd.rollout.types import CPU_MICRO_BATCH_TOKENS, TokenBatch
 from mopd.teachers.base import Teacher, TeacherScores
 
 
 class HFTeacher(Teacher):
     def __init__(self, name: str, model, micro_batch_size: int = 32, chunk_size: int = 1024,
-                 temperature: float = 1.0, micro_batch_tokens: int | None = 8192):
+                 temperature: float = 1.0, micro_batch_tokens: int | None = None):
         self.name = name
         self.temperature = temperature
         self.model = model.eval().requires_grad_(False)
         self.micro_batch_size = micro_batch_size
-        self.micro_batch_tokens = micro_batch_tokens  # padded tokens per forward, at most
+        # Padded tokens per forward, at most; None: as the update's on a CPU, 8192 on a GPU.
+        self.micro_batch_tokens = micro_batch_tokens
         self.chunk_size = chunk_size
 
     @classmethod
@@ -34,6 +35,11 @@ class HFTeacher(Teacher):
             return AdapterOffTeacher(name, student, **kw)
         return cls(name, copy.deepcopy(student), **kw)
 
+    def buckets(self, batch: TokenBatch, device: torch.device) -> list[torch.Tensor]:
+        """The row groups `score` runs a forward over each."""
+        tokens = self.micro_batch_tokens or (CPU_MICRO_BATCH_TOKENS if device.type == "cpu" else 8192)
+        return batch.length_buckets(self.micro_batch_size, tokens)
+
     @torch.inference_mode()
     def score(self, batch: TokenBatch, topk: int = 0) -> TeacherScores:
         """Log-probs of the batch's tokens, in micro-batches of rows of similar length (completions
@@ -43,7 +49,7 @@ class HFTeacher(Teacher):
         B, T = batch.input_ids.shape
         out = TeacherScores(logprobs=torch.zeros(B, T), topk_ids=torch.zeros(B, T, topk, dtype=torch.long) if topk else None,
                             topk_logprobs=torch.zeros(B, T, topk) if topk else None)
-        for rows in batch.length_buckets(self.micro_batch_size, self.micro_batch_tokens):
+        for rows in self.buckets(batch, device):
             mb = batch.select(rows)
             part = token_logprobs(self.model, mb.input_ids.to(device), mb.attention_mask.to(device),
                                   mb.gen_mask.to(device), temperature=self.temperature, topk=topk,
@@ -66,10 +72,12 @@ class AdapterOffTeacher(Teacher):
     """
 
     def __init__(self, name: str, student, micro_batch_size: int = 32, chunk_size: int = 1024,
-                 temperature: float = 1.0, micro_batch_tokens: int | None = 8192):
+                 temperature: float = 1.0, micro_batch_tokens: int | None = None):
         self.name, self.model, self.temperature = name, student, temperature
         self.micro_batch_size, self.chunk_size = micro_batch_size, chunk_size
         self.micro_batch_tokens = micro_batch_tokens
+
+    buckets = HFTeacher.buckets  # score() is HFTeacher's, with the adapter off
 
     def score(self, batch: TokenBatch, topk: int = 0) -> TeacherScores:
         was_training = self.model.training

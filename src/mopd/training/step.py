@@ -66,7 +66,7 @@ def update(run: OnPolicyRun, sampled: Sampled,
     called before the optimiser changes the weights."""
     return update_step(run.model, run.optimizer, run.scheduler, sampled.batch, sampled.signals, run.objective,
                        run.optim.grad_accum_steps, run.optim.grad_clip, run.sampling.temperature, run.dist,
-                       wait_before_step=wait_before_step)
+                       wait_before_step=wait_before_step, micro_batch_tokens=run.optim.micro_batch_tokens)
 
 
 def push_weights(run: OnPolicyRun) -> None:

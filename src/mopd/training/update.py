@@ -10,7 +10,7 @@ import torch
 
 from mopd.models.logprobs import token_logprobs
 from mopd.objectives.base import Objective, Totals
-from mopd.rollout.types import TokenBatch
+from mopd.rollout.types import CPU_MICRO_BATCH_TOKENS, TokenBatch
 from mopd.distributed.runtime import Local
 
 
@@ -18,10 +18,21 @@ class NonFiniteUpdate(RuntimeError):
     pass
 
 
-def micro_batches(batch: TokenBatch, n: int) -> list[torch.Tensor]:
-    """Row groups of similar length, so little compute goes to padding."""
-    order = torch.argsort(batch.attention_mask.sum(-1), stable=True)
-    return [rows for rows in torch.tensor_split(order, min(n, batch.size)) if len(rows)]
+def micro_batches(batch: TokenBatch, n: int, max_tokens: int | None = None, dist: Local | None = None
+                  ) -> list[torch.Tensor]:
+    """Row groups of similar length, so little compute goes to padding: at least `n` of them
+    (grad_accum_steps), each within `max_tokens` padded tokens (a longer row goes alone). Every
+    rank runs as many (a sharded model gathers its weights in each forward): a rank with fewer
+    splits its largest groups. The loss is normalised by the whole batch's totals, so how the
+    rows are grouped changes the gradient only by rounding."""
+    parts = batch.length_buckets(math.ceil(batch.size / n), max_tokens)
+    target = (dist or Local()).all_max(len(parts))
+    while len(parts) < target:
+        i = max(range(len(parts)), key=lambda j: len(parts[j]))
+        if len(parts[i]) < 2:
+            break  # fewer rows than another rank's micro-batches: as before, each rank's own count
+        parts[i:i + 1] = list(torch.tensor_split(parts[i], 2))
+    return parts
 
 
 def on_device(batch: TokenBatch, device: torch.device) -> TokenBatch:
@@ -34,7 +45,7 @@ def on_device(batch: TokenBatch, device: torch.device) -> TokenBatch:
 def update_step(model, optimizer, scheduler, batch: TokenBatch, signals: dict[str, torch.Tensor],
                 objective: Objective, grad_accum_steps: int, grad_clip: float | None,
                 temperature: float = 1.0, dist: Local | None = None,
-                wait_before_step: Callable[[], object] | None = None,
+                wait_before_step: Callable[[], object] | None = None, micro_batch_tokens: int | None = None,
                 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Forward/backward every micro-batch, clip, step. Returns scalars and per-token diagnostics.
 
@@ -57,7 +68,9 @@ def update_step(model, optimizer, scheduler, batch: TokenBatch, signals: dict[st
     token_metrics: dict[str, torch.Tensor] = {}
     loss_total, active = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
-    parts = micro_batches(batch, grad_accum_steps)
+    if micro_batch_tokens is None and device.type == "cpu":
+        micro_batch_tokens = CPU_MICRO_BATCH_TOKENS
+    parts = micro_batches(batch, grad_accum_steps, micro_batch_tokens, dist)
     for i, rows in enumerate(parts):
         mb = on_device(batch.select(rows), device)
         sig = {k: (v[rows][:, : mb.input_ids.shape[1]] if v.dim() > 1 else v[rows]).to(device)
