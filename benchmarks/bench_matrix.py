@@ -171,8 +171,8 @@ def reused(path: Path, args) -> dict | None:
 def run_cell(args, cell, setups: list[str], out: Path):
     """One lockstep run of bench_vs_trl.py over the setups; with --apart one run per setup, merged."""
     if args.apart and len(setups) > 1:
-        runs = [reused(out.with_name(f"{out.stem}-{s}.json"), args) or run_cell(args, cell, [s], out.with_name(f"{out.stem}-{s}.json"))
-                for s in setups]
+        paths = {s: out.with_name(f"{out.stem}-{s}.json") for s in setups}
+        runs = [reused(paths[s], args) or run_cell(args, cell, [s], paths[s]) for s in setups]
         return {"apart": True, "wall_s": sum(x["wall_s"] for x in runs),
                 "results": {k: v for x in runs for k, v in x["results"].items()}}
     p, r, n = cell
