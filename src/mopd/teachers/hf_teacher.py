@@ -47,7 +47,8 @@ class HFTeacher(Teacher):
         run over padding)."""
         device = next(self.model.parameters()).device
         B, T = batch.input_ids.shape
-        out = TeacherScores(logprobs=torch.zeros(B, T), topk_ids=torch.zeros(B, T, topk, dtype=torch.long) if topk else None,
+        out = TeacherScores(logprobs=torch.zeros(B, T),
+                            topk_ids=torch.zeros(B, T, topk, dtype=torch.long) if topk else None,
                             topk_logprobs=torch.zeros(B, T, topk) if topk else None)
         for rows in self.buckets(batch, device):
             mb = batch.select(rows)
