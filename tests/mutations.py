@@ -33,6 +33,7 @@ class Mutation:
 WIRING = ("unit/test_objective_wiring.py",)
 TEMPERATURE = ("unit/test_temperature.py",)
 CROSS = ("unit/test_cross_tokenizer.py",)
+BUCKETS = ("unit/test_length_buckets.py",)
 MUTATIONS = [
     Mutation("advantage sign: clip(lp_pi - lp_T) instead of clip(lp_T - lp_pi)", "algorithms/mopd_loss.py",
              "return (lp_teacher - lp_student.detach()).clamp(-a_max, a_max)",
@@ -73,6 +74,11 @@ MUTATIONS = [
              "    if cfg.cross_tokenizer:", "    if True:", CROSS),
     Mutation("the top-k loss accepted with a cross-tokenizer teacher", "objectives/mopd.py",
              "if self.topk and router.spans:", "if False:", CROSS),
+    Mutation("a teacher's length-bucketed scores written back in sorted order, not the batch's", "teachers/hf_teacher.py",
+             "out.logprobs[rows, :n] = part.logprobs.float().cpu()",
+             "out.logprobs[torch.sort(rows).values, :n] = part.logprobs.float().cpu()", BUCKETS),
+    Mutation("a rank with fewer micro-batches than another does not split to match", "training/update.py",
+             "    while len(parts) < target:", "    while False:", BUCKETS),
 ]
 
 
