@@ -21,6 +21,13 @@ from mopd.domains.base import Example
 CPU_MICRO_BATCH_TOKENS = 1024
 
 
+def bucket_tokens(setting: int | None, device: torch.device, gpu_default: int | None = None) -> int | None:
+    """The padded-token limit of a micro-batch: `setting`, else the CPU's default or `gpu_default`."""
+    if setting is not None:
+        return setting
+    return CPU_MICRO_BATCH_TOKENS if device.type == "cpu" else gpu_default
+
+
 @dataclass
 class Rollout:
     domain: str

@@ -12,7 +12,7 @@ import copy
 import torch
 
 from mopd.models.logprobs import token_logprobs
-from mopd.rollout.types import CPU_MICRO_BATCH_TOKENS, TokenBatch
+from mopd.rollout.types import TokenBatch, bucket_tokens
 from mopd.teachers.base import Teacher, TeacherScores
 
 
@@ -37,7 +37,7 @@ class HFTeacher(Teacher):
 
     def buckets(self, batch: TokenBatch, device: torch.device) -> list[torch.Tensor]:
         """The row groups `score` runs a forward over each."""
-        tokens = self.micro_batch_tokens or (CPU_MICRO_BATCH_TOKENS if device.type == "cpu" else 8192)
+        tokens = bucket_tokens(self.micro_batch_tokens, device, gpu_default=8192)
         return batch.length_buckets(self.micro_batch_size, tokens)
 
     @torch.inference_mode()

@@ -10,7 +10,7 @@ import torch
 
 from mopd.models.logprobs import token_logprobs
 from mopd.objectives.base import Objective, Totals
-from mopd.rollout.types import CPU_MICRO_BATCH_TOKENS, TokenBatch
+from mopd.rollout.types import TokenBatch, bucket_tokens
 from mopd.distributed.runtime import Local
 
 
@@ -68,9 +68,7 @@ def update_step(model, optimizer, scheduler, batch: TokenBatch, signals: dict[st
     token_metrics: dict[str, torch.Tensor] = {}
     loss_total, active = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
-    if micro_batch_tokens is None and device.type == "cpu":
-        micro_batch_tokens = CPU_MICRO_BATCH_TOKENS
-    parts = micro_batches(batch, grad_accum_steps, micro_batch_tokens, dist)
+    parts = micro_batches(batch, grad_accum_steps, bucket_tokens(micro_batch_tokens, device), dist)
     for i, rows in enumerate(parts):
         mb = on_device(batch.select(rows), device)
         sig = {k: (v[rows][:, : mb.input_ids.shape[1]] if v.dim() > 1 else v[rows]).to(device)
